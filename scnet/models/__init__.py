@@ -1,0 +1,27 @@
+"""The SCNet model zoo."""
+
+from .complexity import count_macs, count_params
+from .factory import BASELINE_MODELS, create_model, list_models
+from .network import SCNet
+from .scconv import InputTooSmallError, SCConv
+from .weights import CheckpointError, load_weights, read_state_dict
+from .zoo import BASELINES, PUBLISHED, SC_MODELS, PublishedWeights, published_weights
+
+__all__ = [
+    "BASELINES",
+    "BASELINE_MODELS",
+    "CheckpointError",
+    "InputTooSmallError",
+    "PUBLISHED",
+    "PublishedWeights",
+    "SCConv",
+    "SCNet",
+    "SC_MODELS",
+    "count_macs",
+    "count_params",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "published_weights",
+    "read_state_dict",
+]

@@ -1,0 +1,214 @@
+"""The SCNet network: a ResNet-style stem, four stages of SC bottlenecks and a linear head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from timm.layers import create_classifier
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+from .bottleneck import SCBottleneck
+from .scconv import InputTooSmallError
+
+STAGE_PLANES = (64, 128, 256, 512)
+
+
+def _stem(deep_stem: bool, stem_width: int) -> nn.Module:
+    """7x7/2 conv (v1), or three 3x3 convs (v1d) whose last BN is the network's ``bn1``."""
+    if not deep_stem:
+        return nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+    return nn.Sequential(
+        nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, stem_width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, stem_width * 2, 3, padding=1, bias=False),
+    )
+
+
+def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool) -> nn.Sequential:
+    """Shortcut projection: strided 1x1 (v1), or average pool then 1x1 (v1d, ``downsample.1``)."""
+    if not avg_down:
+        return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs))
+    pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    return nn.Sequential(pool, nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+
+
+class SCNet(nn.Module):
+    """SCNet (Liu et al., "Improving Convolutional Networks with Self-Calibrated Convolutions", CVPR 2020).
+
+    One class covers the family through a few arguments: ``deep_stem``/``avg_down``/``avd`` give
+    the v1d variants, ``cardinality``/``base_width`` SC-ResNeXt, ``attn_layer="se"`` SE-SCNet.
+    Module names and order match the original release's checkpoints.
+
+    Args:
+        layers: number of blocks in each of the four stages.
+        num_classes: classifier outputs; 0 for a feature extractor with no head.
+        cardinality: groups of every 3x3 conv (ResNeXt's C).
+        base_width: ResNeXt's bottleneck width d; a block's total 3x3 width is
+            ``planes * base_width / 64 * cardinality``, split evenly between the two branches.
+        deep_stem: three 3x3 convs instead of the 7x7 stem.
+        stem_width: width of the deep stem's first two convs.
+        avg_down: average-pool shortcut downsampling.
+        avd: stride the block with a 3x3 average pool after the 3x3 convs (not in stage 1).
+        attn_layer: attention after the last BN of each block, e.g. ``"se"``.
+        output_stride: 32, 16 or 8; the last stages trade stride for dilation.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, linearly increasing to this rate over the blocks.
+        zero_init_last: zero each block's last BN gamma at init.
+        global_pool: pooling type of the head (timm's ``SelectAdaptivePool2d``).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        cardinality: int = 1,
+        base_width: int = 64,
+        deep_stem: bool = False,
+        stem_width: int = 32,
+        avg_down: bool = False,
+        avd: bool = False,
+        attn_layer: str | None = None,
+        output_stride: int = 32,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+        global_pool: str = "avg",
+        pooling_r: int = 4,
+    ) -> None:
+        super().__init__()
+        if in_chans != 3:
+            raise ValueError(f"SCNet takes 3-channel images, got in_chans={in_chans}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        # Every stride is a ceil-halving, so the last map is ceil(size / output_stride): it must
+        # hold at least one r x r pooling window.
+        self.min_input_size = (pooling_r - 1) * output_stride + 1
+
+        stem_chs = stem_width * 2 if deep_stem else 64
+        self.conv1 = _stem(deep_stem, stem_width)
+        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.feature_info = [dict(num_chs=stem_chs, reduction=2, module="relu")]
+
+        total_blocks = sum(layers)
+        block_idx = 0
+        in_chs, net_stride, dilation = stem_chs, 4, 1
+        for stage_idx, (planes, depth) in enumerate(zip(STAGE_PLANES, layers)):
+            stride = 1 if stage_idx == 0 else 2
+            first_dilation = dilation
+            if net_stride >= output_stride:
+                dilation *= stride
+                stride = 1
+            else:
+                net_stride *= stride
+            out_chs = planes * SCBottleneck.expansion
+            blocks = []
+            for i in range(depth):
+                first = i == 0
+                blocks.append(
+                    SCBottleneck(
+                        in_chs,
+                        planes,
+                        stride=stride if first else 1,
+                        downsample=(
+                            _downsample(in_chs, out_chs, stride, avg_down)
+                            if first and (stride != 1 or in_chs != out_chs)
+                            else None
+                        ),
+                        cardinality=cardinality,
+                        base_width=base_width,
+                        dilation=first_dilation if first else dilation,
+                        # As released: the first block of stages 2-4 pools, even when dilation
+                        # has made its stride 1.
+                        avd=avd and first and stage_idx > 0,
+                        attn_layer=attn_layer,
+                        drop_path_rate=drop_path_rate * block_idx / max(total_blocks - 1, 1),
+                        pooling_r=pooling_r,
+                        min_input_size=self.min_input_size,
+                    )
+                )
+                in_chs = out_chs
+                block_idx += 1
+            name = f"layer{stage_idx + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=net_stride, module=name))
+
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool, self.fc = create_classifier(in_chs, num_classes, pool_type=global_pool)
+        self.init_weights(zero_init_last)
+
+    def init_weights(self, zero_init_last: bool = False) -> None:
+        """He (fan-out) init for convs, unit BN, as in the original release."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, SCBottleneck):
+                    m.zero_init_last()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm convention)."""
+        return dict(stem=r"^conv1|bn1|maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward to save memory."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """Replace the head, e.g. for fine-tuning on another label set."""
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def check_input_size(self, x: torch.Tensor) -> None:
+        """Fail with a clear message when ``x`` is too small for the r=4 pooling of the last stage."""
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise InputTooSmallError(
+                f"input {h}x{w} is too small: this SCNet needs at least "
+                f"{self.min_input_size}x{self.min_input_size} px (its r=4 pooling in the last stage "
+                f"would be empty)"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and the four stages; returns the last feature map (N, num_features, H/32, W/32)."""
+        self.check_input_size(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(stages, x, flatten=True)
+        for stage in stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global pool, optional dropout and the classifier."""
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images (N, 3, H, W)."""
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,67 @@
+"""Self-calibrated convolution (SCConv), the core operator of SCNet (Liu et al., CVPR 2020)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InputTooSmallError(ValueError):
+    """Raised when an input is too small for SCConv's r=4 average pooling."""
+
+
+def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    """3x3 convolution followed by BatchNorm, indexed ``0`` and ``1`` as in the original release."""
+    return nn.Sequential(
+        nn.Conv2d(
+            in_chs,
+            out_chs,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_chs),
+    )
+
+
+class SCConv(nn.Module):
+    """``k4( k3(x) * sigmoid(x + up(k2(avgpool_r(x)))) )``.
+
+    ``k2`` works in a space ``r`` times smaller, giving each position a view of a wide context
+    at almost no cost; the result calibrates ``k3``'s response before ``k4`` (which carries the
+    block's stride). Upsampling is ``nearest`` and pooling floors, as in the published weights'
+    training code (the paper's text says bilinear).
+    """
+
+    def __init__(
+        self,
+        chs: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        pooling_r: int = 4,
+        min_input_size: int = 0,
+    ) -> None:
+        super().__init__()
+        self.pooling_r = pooling_r
+        # Input size of the whole network below which this layer's pool would be empty; only
+        # used to make the error message useful.
+        self.min_input_size = min_input_size
+        self.k2 = nn.Sequential(nn.AvgPool2d(pooling_r, pooling_r), *conv_bn(chs, chs, 1, dilation, groups))
+        self.k3 = conv_bn(chs, chs, 1, dilation, groups)
+        self.k4 = conv_bn(chs, chs, stride, dilation, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h < self.pooling_r or w < self.pooling_r:
+            hint = f" (network inputs of at least {self.min_input_size} px)" if self.min_input_size else ""
+            raise InputTooSmallError(
+                f"SCConv needs a feature map of at least {self.pooling_r}x{self.pooling_r}{hint}, got {h}x{w}"
+            )
+        context = F.interpolate(self.k2(x), size=(h, w), mode="nearest")
+        gate = torch.sigmoid(x + context)
+        return self.k4(self.k3(x) * gate)

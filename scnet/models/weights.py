@@ -1,0 +1,83 @@
+"""Reading checkpoints into models, without ever unpickling arbitrary objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from timm.models import load_state_dict as timm_load_state_dict
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``path``.
+
+    Accepts a bare state_dict (the original release's ``.pth`` files), a ``.safetensors`` file, or
+    a training checkpoint holding one under ``model``/``state_dict`` (``model_ema``/``state_dict_ema``
+    with ``use_ema``). ``module.`` prefixes from DDP are removed. Pickled files are read with
+    ``weights_only=True``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        # timm's reader: safetensors or torch.load(weights_only=True), unwraps and strips 'module.'.
+        return timm_load_state_dict(str(path), use_ema=use_ema)
+    except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e
+
+
+def check_compatible(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, ignore_prefix: str = ""
+) -> None:
+    """Raise :class:`CheckpointError` (one line) unless ``state_dict`` has exactly ``model``'s tensors.
+
+    Keys starting with ``ignore_prefix`` (e.g. the classifier when its size changes) are skipped.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if ignore_prefix:
+        expected = {k: s for k, s in expected.items() if not k.startswith(ignore_prefix)}
+        given = {k: s for k, s in given.items() if not k.startswith(ignore_prefix)}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    mismatched = sorted(k for k in expected.keys() & given.keys() if expected[k] != given[k])
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f"{len(mismatched)} of another shape (e.g. {k}: {given[k]} vs {expected[k]})")
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    raise CheckpointError(f"{source} does not fit {arch}: " + ", ".join(parts) + " tensors")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> nn.Module:
+    """Load the checkpoint at ``path`` into ``model`` strictly; return ``model``.
+
+    If only the classifier differs in size (fine-tuning from 1000 to N classes), the classifier
+    keeps its fresh initialisation and every other tensor is loaded.
+    """
+    state_dict = read_state_dict(path, use_ema=use_ema)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_prefix = ""
+    if isinstance(head, nn.Linear):
+        head_name = next(n for n, m in model.named_modules() if m is head)
+        w = state_dict.get(f"{head_name}.weight")
+        if w is not None and w.shape[0] != head.out_features:
+            head_prefix = f"{head_name}."
+    check_compatible(model, state_dict, str(path), ignore_prefix=head_prefix)
+    if head_prefix:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_prefix)}
+    model.load_state_dict(state_dict, strict=not head_prefix)
+    return model
