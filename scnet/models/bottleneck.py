@@ -6,6 +6,7 @@ import torch
 from timm.layers import DropPath, create_attn
 from torch import nn
 
+from .fused import batch_norm_group, conv_group, is_plain_bn
 from .scconv import SCConv, conv_bn
 
 
@@ -58,17 +59,43 @@ class SCBottleneck(nn.Module):
         """Zero the last BN's gamma so the block starts as an identity (Goyal et al., 2017)."""
         nn.init.zeros_(self.bn3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def _fusable(self) -> bool:
+        return all(is_plain_bn(bn) for bn in (self.bn1_a, self.bn1_b, self.k1[1], self.scconv.k3[1]))
 
+    def _branches(self, x: torch.Tensor) -> torch.Tensor:
+        """Both branches, concatenated: what the paper draws, one layer per line."""
         a = self.relu(self.bn1_a(self.conv1_a(x)))
         b = self.relu(self.bn1_b(self.conv1_b(x)))
         a = self.relu(self.k1(a))
         b = self.relu(self.scconv(b))
-        if self.avd_layer is not None:
-            a, b = self.avd_layer(a), self.avd_layer(b)
+        return torch.cat([a, b], dim=1)
 
-        out = self.bn3(self.conv3(torch.cat([a, b], dim=1)))
+    def _branches_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as :meth:`_branches` with the sibling layers run as one kernel each."""
+        half = self.bn1_a.num_features
+        ab = self.relu(batch_norm_group(conv_group(x, [self.conv1_a, self.conv1_b], True), [self.bn1_a, self.bn1_b]))
+        # split (not slicing) so that backward concatenates the grads instead of zero-filling.
+        a, b = ab.split(half, dim=1)
+        k1, k3 = self.k1[0], self.scconv.k3[0]
+        if k1.stride == k3.stride:
+            # k1(a) and k3(b) side by side as one grouped conv: [k1(a) | k3(b)].
+            z = batch_norm_group(conv_group(ab, [k1, k3], False), [self.k1[1], self.scconv.k3[1]])
+            a, k3_out = z.split(half, dim=1)
+            b = self.scconv.calibrate(b, k3_out)
+        else:
+            a, b = self.k1(a), self.scconv(b)
+        # relu(cat(a, b)) == cat(relu(a), relu(b)), in place on a fresh tensor.
+        return self.relu(torch.cat([a, b], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+
+        out = self._branches_fused(x) if self._fusable() else self._branches(x)
+        if self.avd_layer is not None:
+            out = self.avd_layer(out)
+        out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
-        return self.relu(self.drop_path(out) + shortcut)
+        out = self.drop_path(out)
+        out += shortcut
+        return self.relu(out)

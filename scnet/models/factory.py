@@ -51,6 +51,8 @@ def create_model(
     out_indices = overrides.pop("out_indices", (0, 1, 2, 3, 4))
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
     if pretrained is not None:
+        if isinstance(pretrained, bool):
+            raise ValueError("pretrained= takes the path of a local weights file; nothing is downloaded")
         load_weights(model, pretrained)
     if features_only:
         # Load first, then wrap, so classification checkpoints serve as backbone weights.

@@ -104,7 +104,7 @@ class SCNet(nn.Module):
         total_blocks = sum(layers)
         block_idx = 0
         in_chs, net_stride, dilation = stem_chs, 4, 1
-        for stage_idx, (planes, depth) in enumerate(zip(STAGE_PLANES, layers)):
+        for stage_idx, (planes, depth) in enumerate(zip(STAGE_PLANES, layers, strict=True)):
             stride = 1 if stage_idx == 0 else 2
             first_dilation = dilation
             if net_stride >= output_stride:

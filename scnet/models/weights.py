@@ -27,10 +27,16 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str,
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         # timm's reader: safetensors or torch.load(weights_only=True), unwraps and strips 'module.'.
-        return timm_load_state_dict(str(path), use_ema=use_ema)
+        state_dict = timm_load_state_dict(str(path), use_ema=use_ema)
     except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: not a state_dict (a {type(state_dict).__name__})")
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a {type(value).__name__})")
+    return state_dict
 
 
 def check_compatible(
@@ -65,16 +71,17 @@ def check_compatible(
 def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> nn.Module:
     """Load the checkpoint at ``path`` into ``model`` strictly; return ``model``.
 
-    If only the classifier differs in size (fine-tuning from 1000 to N classes), the classifier
-    keeps its fresh initialisation and every other tensor is loaded.
+    If only the classifier differs (fine-tuning from 1000 to N classes, or ``num_classes=0``), the
+    model keeps its own classifier and every other tensor is loaded.
     """
     state_dict = read_state_dict(path, use_ema=use_ema)
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
     head_prefix = ""
-    if isinstance(head, nn.Linear):
-        head_name = next(n for n, m in model.named_modules() if m is head)
-        w = state_dict.get(f"{head_name}.weight")
-        if w is not None and w.shape[0] != head.out_features:
+    head_name = getattr(model, "pretrained_cfg", {}).get("classifier")
+    if head_name:
+        given = state_dict.get(f"{head_name}.weight")
+        ours = model.state_dict().get(f"{head_name}.weight")
+        # Another label set, or no head at all (num_classes=0): keep the model's own head.
+        if given is not None and (ours is None or ours.shape != given.shape):
             head_prefix = f"{head_name}."
     check_compatible(model, state_dict, str(path), ignore_prefix=head_prefix)
     if head_prefix:

@@ -1,0 +1,77 @@
+"""Shared fixtures: the published reference numbers and a checkpoint in the original release's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import scnet
+
+from .utils import REFERENCE_DIR, RELEASED, randomize_
+
+# With any other load on the CPU (a benchmark, a second pytest worker), OpenMP's spinning barriers make
+# multi-threaded convs of these small tensors 10-50x slower; one thread is predictable. OMP_NUM_THREADS wins.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"published reference folder not found at {REFERENCE_DIR.resolve()}")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def layout(reference_dir: Path) -> dict:
+    """``{name: {"params": int, "state_dict": [[tensor name, shape], ...]}}`` of the published checkpoints."""
+    return json.loads((reference_dir / "official_checkpoint_layout.json").read_text())["models"]
+
+
+def _model_name(paper_name: str) -> str:
+    return paper_name.lower().replace("-", "")  # "SCNet-50_v1d" -> "scnet50_v1d"
+
+
+@pytest.fixture(scope="session")
+def published(reference_dir: Path) -> dict[str, dict]:
+    """Per released name: exact params, GMACs at 224 px, published top-1 and checkpoint file (if any).
+
+    Parsed from published_results.md so that the numbers come from the authors' side, not from scnet.
+    """
+    text = (reference_dir / "published_results.md").read_text()
+    rows: dict[str, dict] = {}
+    # "SCNet-50 25,564,584 params / 3.93 GMACs; SCNet-50_v1d 25,583,816 / 4.69; ..."
+    for name, params, gmacs in re.findall(r"(SCNet-\d+(?:_v1d)?) ([\d,]{9,})(?: params)? / (\d+\.\d+)", text):
+        rows[_model_name(name)] = {
+            "params": int(params.replace(",", "")),
+            "gmacs": float(gmacs),
+            "top1": None,
+            "checkpoint": None,
+        }
+    # "| SCNet-50 | 25.56M | 4.0G | 22.19 | 6.08 | 77.81 | scnet50-dc6a7e87.pth |"
+    for name, top1, file in re.findall(r"^\| (SCNet-\S+) \|.*\| (\d+\.\d+) \| (\S+\.pth) \|$", text, re.MULTILINE):
+        rows[_model_name(name)].update(top1=float(top1), checkpoint=file)
+    # A reworded reference must fail here, loudly, not make the tests that use it vacuous.
+    assert set(rows) == set(RELEASED), f"could not parse published_results.md: {rows}"
+    assert sum(r["checkpoint"] is not None for r in rows.values()) == 3, rows
+    return rows
+
+
+@pytest.fixture(scope="session")
+def scnet50_state_dict() -> dict[str, torch.Tensor]:
+    """A scnet50 state_dict with random weights and BN statistics (unlike a fresh model's ones and zeros)."""
+    torch.manual_seed(0)
+    return dict(randomize_(scnet.create_model("scnet50"), seed=1).state_dict())
+
+
+@pytest.fixture(scope="session")
+def scnet50_file(tmp_path_factory, scnet50_state_dict) -> Path:
+    """The state_dict saved the way the release published its weights: a bare dict, under the release's name."""
+    path = tmp_path_factory.mktemp("published") / "scnet50-dc6a7e87.pth"
+    torch.save(scnet50_state_dict, path)
+    return path

@@ -1,0 +1,59 @@
+"""Helpers and independent expectations shared by the test modules."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).parents[1]
+# The team's read-only reference folder sits beside the repository checkout.
+REFERENCE_DIR = REPO_ROOT / ".." / "shared" / "reference"
+
+# The zoo as the issue specifies it: SC model -> the timm model it is an A/B partner of. Written out here
+# rather than read from scnet, so a name dropped from the zoo fails the tests.
+EXPECTED_BASELINES = {
+    "scnet50": "resnet50",
+    "scnet101": "resnet101",
+    "scnet50_v1d": "resnet50d",
+    "scnet101_v1d": "resnet101d",
+    "sc_resnext50_32x4d": "resnext50_32x4d",
+    "sc_resnext101_32x4d": "resnext101_32x4d",
+    "sc_seresnet50": "seresnet50",
+    "sc_seresnet101": "seresnet101",
+}
+RELEASED = ("scnet50", "scnet50_v1d", "scnet101", "scnet101_v1d")  # names with a published layout
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_deep(name: str) -> bool:
+    """101-layer models: the slow ones."""
+    return "101" in name
+
+
+@torch.no_grad()
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every weight and BN buffer a distinct random value, in place.
+
+    A fresh model has identical BN affine params and stats everywhere (ones/zeros), so swapped or skipped
+    BNs would go unnoticed; random ones make any wiring mistake change the output. Scales keep the
+    activations of a 50-layer net in a sane range (He-style fan-in for weights, BN near identity).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, t in model.state_dict().items():  # state_dict tensors share storage with the model's
+        if not t.is_floating_point():
+            continue  # num_batches_tracked
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "running_var":
+            t.copy_(torch.empty_like(t).uniform_(0.5, 2.0, generator=gen))
+        elif leaf == "running_mean" or leaf == "bias":
+            t.copy_(torch.empty_like(t).normal_(0.0, 0.1, generator=gen))
+        elif t.dim() == 1:  # BN gamma
+            t.copy_(torch.empty_like(t).uniform_(0.5, 1.5, generator=gen))
+        else:  # conv / linear weight
+            fan_in = t[0].numel()
+            t.copy_(torch.empty_like(t).normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen))
+    return model
