@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Training-step speed of an SC model against its timm baseline, measured side by side.
 
-The two models alternate step by step in one process, so drift in the machine's speed (other
-load, thermal state) hits both equally. Reports the median step time of each and the speed
-ratio baseline_time / sc_time (> 1 means the SC model trains faster).
+Three variants alternate step by step in one process, so drift in the machine's speed (other
+load, thermal state) hits all equally: the SC model as shipped (sibling layers fused), the same
+model run layer by layer (``set_fused(False)``, the straightforward implementation), and the
+baseline. Reports the median step time of each and the speed ratios baseline_time / sc_time
+(> 1 means the SC model trains faster).
 
     python scripts/bench_train_step.py --model scnet50 --batch-size 16 --image-size 224 --channels-last
 """
@@ -62,7 +64,8 @@ def main() -> None:
     device = torch.device(args.device)
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    names = [args.model, args.baseline or BASELINES[args.model]]
+    baseline = args.baseline or BASELINES[args.model]
+    names = [args.model, f"{args.model} (unfused)", baseline]
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=memory_format)
@@ -70,7 +73,9 @@ def main() -> None:
 
     steps = {}
     for name in names:
-        model = scnet.create_model(name).to(device, memory_format=memory_format).train()
+        model = scnet.create_model(name.split(" ")[0]).to(device, memory_format=memory_format).train()
+        if name.endswith("(unfused)"):
+            model.set_fused(False)
         if args.compile:
             model = torch.compile(model)
         steps[name] = make_step(model, x, y, amp_dtype)
@@ -90,8 +95,8 @@ def main() -> None:
 
     med = {name: statistics.median(t) for name, t in times.items()}
     result = {
-        "model": names[0],
-        "baseline": names[1],
+        "model": args.model,
+        "baseline": baseline,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         "batch_size": args.batch_size,
         "image_size": args.image_size,
@@ -100,7 +105,8 @@ def main() -> None:
         "amp": args.amp,
         "step_seconds": med,
         "images_per_second": {n: args.batch_size / t for n, t in med.items()},
-        "speed_ratio": med[names[1]] / med[names[0]],
+        "speed_ratio": med[baseline] / med[names[0]],
+        "speed_ratio_unfused": med[baseline] / med[names[1]],
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))

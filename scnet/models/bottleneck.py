@@ -6,7 +6,7 @@ import torch
 from timm.layers import DropPath, create_attn
 from torch import nn
 
-from .fused import batch_norm_group, conv_group, is_plain_bn
+from .fused import batch_norm_group, conv_shared_input, is_plain_bn
 from .scconv import SCConv, conv_bn
 
 
@@ -54,13 +54,22 @@ class SCBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        # Run the two 1x1 reductions as one kernel (same numbers, same state_dict); see fused.py.
+        self.fused = True
 
     def zero_init_last(self) -> None:
         """Zero the last BN's gamma so the block starts as an identity (Goyal et al., 2017)."""
         nn.init.zeros_(self.bn3.weight)
 
-    def _fusable(self) -> bool:
-        return all(is_plain_bn(bn) for bn in (self.bn1_a, self.bn1_b, self.k1[1], self.scconv.k3[1]))
+    def _fusable(self, x: torch.Tensor) -> bool:
+        # In channels_last, splitting the fused output by channel is a strided gather that costs
+        # more than the fusion saves (measured: BENCHMARKS.md), so fuse only NCHW inputs.
+        return (
+            self.fused
+            and not x.is_contiguous(memory_format=torch.channels_last)
+            and is_plain_bn(self.bn1_a)
+            and is_plain_bn(self.bn1_b)
+        )
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         """Both branches, concatenated: what the paper draws, one layer per line."""
@@ -71,26 +80,18 @@ class SCBottleneck(nn.Module):
         return torch.cat([a, b], dim=1)
 
     def _branches_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result as :meth:`_branches` with the sibling layers run as one kernel each."""
+        """Same result as :meth:`_branches`, with the two 1x1 reductions (same input) as one conv + BN."""
         half = self.bn1_a.num_features
-        ab = self.relu(batch_norm_group(conv_group(x, [self.conv1_a, self.conv1_b], True), [self.bn1_a, self.bn1_b]))
+        ab = self.relu(batch_norm_group(conv_shared_input(x, [self.conv1_a, self.conv1_b]), [self.bn1_a, self.bn1_b]))
         # split (not slicing) so that backward concatenates the grads instead of zero-filling.
         a, b = ab.split(half, dim=1)
-        k1, k3 = self.k1[0], self.scconv.k3[0]
-        if k1.stride == k3.stride:
-            # k1(a) and k3(b) side by side as one grouped conv: [k1(a) | k3(b)].
-            z = batch_norm_group(conv_group(ab, [k1, k3], False), [self.k1[1], self.scconv.k3[1]])
-            a, k3_out = z.split(half, dim=1)
-            b = self.scconv.calibrate(b, k3_out)
-        else:
-            a, b = self.k1(a), self.scconv(b)
         # relu(cat(a, b)) == cat(relu(a), relu(b)), in place on a fresh tensor.
-        return self.relu(torch.cat([a, b], dim=1))
+        return self.relu(torch.cat([self.k1(a), self.scconv(b)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
 
-        out = self._branches_fused(x) if self._fusable() else self._branches(x)
+        out = self._branches_fused(x) if self._fusable(x) else self._branches(x)
         if self.avd_layer is not None:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))

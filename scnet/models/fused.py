@@ -1,10 +1,10 @@
-"""Run sibling conv+BN layers as one kernel without changing their parameters or state_dict.
+"""Run sibling conv+BN layers that read the same input as one kernel, keeping their parameters.
 
-SCNet's bottleneck holds pairs of small layers that see the same input (``conv1_a``/``conv1_b``)
-or run side by side at the same stride (``k1``/``k3``). Small convolutions use a CPU or GPU far
-below its peak, so the block concatenates the pair's weights at run time and runs one
-convolution (grouped where the inputs differ) and one batch norm. Gradients flow back to the
-original parameters through ``torch.cat``; BN running statistics are written back to each layer.
+SCNet's bottleneck reduces its input twice, with ``conv1_a`` and ``conv1_b`` (each to half the
+width). Two half-width 1x1 convolutions use a CPU or GPU worse than one full-width one and read
+the input twice, so the block concatenates their weights at run time and runs one convolution
+and one batch norm. Gradients flow back to the original parameters through ``torch.cat``; BN
+running statistics are written back to each layer. The state_dict is untouched.
 """
 
 from __future__ import annotations
@@ -53,14 +53,11 @@ def batch_norm_group(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Te
     return out
 
 
-def conv_group(x: torch.Tensor, convs: Sequence[nn.Conv2d], shared_input: bool) -> torch.Tensor:
-    """Outputs of ``convs`` concatenated on channels, from one convolution.
+def conv_shared_input(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
+    """``torch.cat([conv(x) for conv in convs], 1)`` as one convolution.
 
-    ``shared_input``: every conv reads all of ``x``. Otherwise ``x`` is the channel-concatenation
-    of the convs' own inputs and the result is a grouped convolution. The convs must share kernel
-    size, stride, padding and dilation.
+    The convs must share kernel size, stride, padding, dilation and groups, and have no bias.
     """
     c = convs[0]
     weight = torch.cat([conv.weight for conv in convs])
-    groups = 1 if shared_input else sum(conv.groups for conv in convs)
-    return F.conv2d(x, weight, None, c.stride, c.padding, c.dilation, groups)
+    return F.conv2d(x, weight, None, c.stride, c.padding, c.dilation, c.groups)

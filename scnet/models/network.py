@@ -171,6 +171,13 @@ class SCNet(nn.Module):
         """Recompute block activations in backward to save memory."""
         self.grad_checkpointing = enable
 
+    def set_fused(self, enable: bool = True) -> None:
+        """Run each block's two 1x1 reductions as one kernel (default), or layer by layer as drawn
+        in the paper. Both compute the same function with the same parameters."""
+        for m in self.modules():
+            if isinstance(m, SCBottleneck):
+                m.fused = enable
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         """The final linear layer."""

@@ -55,8 +55,8 @@ class SCConv(nn.Module):
         self.k3 = conv_bn(chs, chs, 1, dilation, groups)
         self.k4 = conv_bn(chs, chs, stride, dilation, groups)
 
-    def calibrate(self, x: torch.Tensor, k3_out: torch.Tensor) -> torch.Tensor:
-        """``k4(k3(x) * sigmoid(x + up(k2(pool(x)))))`` given ``k3(x)`` already computed."""
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The calibration weights ``sigmoid(x + up(k2(avgpool_r(x))))``."""
         h, w = x.shape[-2:]
         if h < self.pooling_r or w < self.pooling_r:
             hint = f" (network inputs of at least {self.min_input_size} px)" if self.min_input_size else ""
@@ -64,8 +64,7 @@ class SCConv(nn.Module):
                 f"SCConv needs a feature map of at least {self.pooling_r}x{self.pooling_r}{hint}, got {h}x{w}"
             )
         context = F.interpolate(self.k2(x), size=(h, w), mode="nearest")
-        gate = (x + context).sigmoid_()
-        return self.k4(k3_out * gate)
+        return (x + context).sigmoid_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.calibrate(x, self.k3(x))
+        return self.k4(self.k3(x) * self.gate(x))
