@@ -1,0 +1,1 @@
+"""ImageNet data: preparation from the release files, readers, decoding, transforms and loaders."""

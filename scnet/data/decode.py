@@ -1,0 +1,75 @@
+"""Turning image files into uint8 RGB tensors, robust to ImageNet's known bad files.
+
+ImageNet's train set holds CMYK JPEGs, a PNG saved as ``.JPEG``, grayscale images, and every
+crawl has truncated or corrupt files. Each decodes to a 3xHxW uint8 tensor here, or raises
+:class:`BadImageError` naming the file, never an anonymous library error.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image
+
+ImageSource = bytes | str | os.PathLike
+
+
+class BadImageError(ValueError):
+    """A file that cannot be decoded into an image; ``name`` is the file, ``reason`` the cause."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: cannot decode image ({reason})")
+        self.name = name
+        self.reason = reason
+
+
+def read_bytes(source: ImageSource) -> bytes:
+    """The raw bytes of a file path (or the bytes themselves)."""
+    if isinstance(source, bytes):
+        return source
+    with open(source, "rb") as f:
+        return f.read()
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> torch.Tensor:
+    """Decode JPEG/PNG/... bytes into a 3xHxW uint8 RGB tensor.
+
+    libjpeg-turbo/libpng through torchvision first (fast, and it converts grayscale and CMYK to
+    RGB); PIL for anything torchvision rejects. A file truncated before its end marker is bad:
+    its bottom rows would be grey filler, not image.
+    """
+    if len(data) == 0:
+        raise BadImageError(name, "empty file")
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        pass  # fall through to PIL, which knows more formats and gives clearer reasons
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            return arr.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
+    except UnidentifiedImageError as e:
+        raise BadImageError(name, "not a recognised image format") from e
+    except Exception as e:  # noqa: BLE001 - PIL raises many types; each means "bad file"
+        raise BadImageError(name, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+def load_rgb(source: ImageSource, name: str | None = None) -> torch.Tensor:
+    """Read and decode a file (or bytes) into a 3xHxW uint8 RGB tensor; see :func:`decode_rgb`."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = read_bytes(source)
+    except OSError as e:
+        raise BadImageError(label, e.strerror or str(e)) from e
+    return decode_rgb(data, label)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size

@@ -1,0 +1,150 @@
+"""Map-style datasets over image folders: ImageFolder trees, ImageNet-V2, and ImageNet-ReaL labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from .decode import BadImageError, load_rgb
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif")
+# How many other samples to try before a run of bad files is an error rather than bad luck.
+MAX_REPLACEMENTS = 10
+
+
+def _class_dirs(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such data folder")
+    names = [e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    if not names:
+        raise ValueError(f"{root}: no class folders")
+    return names
+
+
+def _images_in(folder: Path) -> list[str]:
+    files = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(f"{folder}: empty class folder (no images)")
+    return files
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted folder names; index = position) and ``(path, label)`` samples of an ImageFolder tree.
+
+    Sorted-name order is the convention of ImageNet checkpoints (wnid order).
+    """
+    root = Path(root)
+    classes = sorted(_class_dirs(root))
+    samples = [(str(root / c / f), label) for label, c in enumerate(classes) for f in _images_in(root / c)]
+    return classes, samples
+
+
+def scan_imagenet_v2(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """ImageNet-V2: folders ``0`` .. ``999`` whose *number* is the class index.
+
+    A string sort would put ``10`` before ``2`` and silently mislabel 990 of 1000 classes.
+    """
+    root = Path(root)
+    names = _class_dirs(root)
+    bad = [n for n in names if not n.isdigit()]
+    if bad:
+        raise ValueError(f"{root}: not an ImageNet-V2 folder (non-numeric class folder {bad[0]!r})")
+    numbered = sorted(names, key=int)
+    samples = [(str(root / n / f), int(n)) for n in numbered for f in _images_in(root / n)]
+    return numbered, samples
+
+
+def is_imagenet_v2(root: Path) -> bool:
+    """True when every class folder is a number (ImageNet-V2's layout)."""
+    try:
+        return all(n.isdigit() for n in _class_dirs(Path(root)))
+    except ValueError:
+        return False
+
+
+_VAL_INDEX = re.compile(r"ILSVRC2012_val_(\d{8})")
+
+
+def load_real_labels(path: Path, samples: Sequence[tuple[str, int]]) -> list[list[int]]:
+    """ImageNet-ReaL labels (``real.json``) for ``samples``, matched by validation file number.
+
+    ``real.json`` lists, for ILSVRC2012_val_00000001 .. 00050000 in order, the set of classes
+    judged correct (possibly empty: such images are left out of ReaL accuracy).
+    """
+    path = Path(path)
+    try:
+        real = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read ReaL labels ({e})") from e
+    labels = []
+    for file, _ in samples:
+        m = _VAL_INDEX.search(os.path.basename(file))
+        if not m:
+            raise ValueError(f"{path}: cannot match {file} to ReaL labels (expected ILSVRC2012_val_NNNNNNNN)")
+        idx = int(m.group(1)) - 1
+        if not 0 <= idx < len(real):
+            raise ValueError(f"{path}: no ReaL labels for {os.path.basename(file)}")
+        labels.append(list(real[idx]))
+    return labels
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample RNG seed that depends only on (seed, epoch, index): augmentations then do not depend
+    on worker count or process, and a resumed run sees exactly what the uninterrupted one did."""
+    return zlib.crc32(f"{seed}:{epoch}:{index}".encode())
+
+
+class ImageFolderDataset(Dataset):
+    """Decoded, transformed samples from a list of ``(path, label)``.
+
+    Indices may be plain ints or ``(index, epoch)`` pairs (from :class:`scnet.data.loader.EpochSampler`);
+    with a pair, the global RNGs are seeded from ``(seed, epoch, index)`` before the transform.
+
+    Items are ``(image, label, replaced)``: ``replaced`` names the bad files that this sample stands in
+    for (empty almost always). A bad file is replaced by the next good sample, or raises
+    :class:`BadImageError` naming the file when ``strict``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        strict: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.transform = transform
+        self.strict = strict
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        replaced: list[str] = []
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                image = load_rgb(path)
+                break
+            except BadImageError:
+                if self.strict:
+                    raise
+                replaced.append(path)
+        else:
+            raise BadImageError(replaced[0], f"it and the next {MAX_REPLACEMENTS} samples are all unreadable")
+        if self.transform is not None:
+            if isinstance(key, tuple):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+            image = self.transform(image)
+        return image, label, tuple(replaced)

@@ -1,0 +1,164 @@
+"""From a data root to batches: dataset choice, distributed sampling, workers, collation.
+
+The path from config to device reads top to bottom:
+``build_dataset`` (which reader for the folder) -> ``build_loader`` (sampler, workers, pinned
+memory) -> ``scnet.data.device.DeviceLoader`` (copy to the device, normalise there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .folders import ImageFolderDataset, is_imagenet_v2, scan_image_folder, scan_imagenet_v2
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_dataset(
+    root: Path,
+    split: str,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> Dataset:
+    """The dataset for ``root/split``: WebDataset-style shards (an ``index.json``), an ImageNet-V2
+    folder (numeric class folders), or an ImageFolder tree (class index = sorted folder position)."""
+    folder = Path(root) / split
+    if (folder / "index.json").is_file():
+        from .shards import ShardDataset
+
+        return ShardDataset(
+            folder, transform=transform, shuffle=shuffle, seed=seed, strict=strict, equal_per_rank=shuffle
+        )
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such data folder (expected {root}/{split}/<class>/<images> or shards)")
+    classes, samples = scan_imagenet_v2(folder) if is_imagenet_v2(folder) else scan_image_folder(folder)
+    return ImageFolderDataset(samples, classes, transform=transform, strict=strict, seed=seed)
+
+
+class EpochSampler(Sampler):
+    """Distributed sampler yielding ``(index, epoch)`` pairs, resumable mid-epoch.
+
+    - ``shuffle``: a permutation seeded by ``seed + epoch``, the same on every rank.
+    - ``even=True`` (training): every rank gets ``ceil(n / world)`` indices, the permutation padded
+      by wrapping around, as ``DistributedSampler`` does, so all ranks step equally often.
+    - ``even=False`` (evaluation): rank r gets indices r, r + world, ...: every sample exactly once,
+      no duplicates, ranks may differ by one.
+    - ``set_epoch(e, start=k)``: this rank's iteration of epoch e begins at its k-th index, which is
+      how a run resumed mid-epoch sees the order the uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        shuffle: bool,
+        seed: int = 0,
+        even: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        default_rank, default_world = dist_info()
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+        self.seed = seed
+        self.even = even
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and where this rank starts in it."""
+        self.epoch = epoch
+        self.start = start
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.even:
+            total = math.ceil(self.num_samples / self.world_size) * self.world_size
+            order = (order * math.ceil(total / max(len(order), 1)))[:total]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, self.epoch) for i in self._indices()[self.start :]])
+
+    def __len__(self) -> int:
+        return max(len(self._indices()) - self.start, 0)
+
+
+@dataclass
+class Batch:
+    """A collated batch: uint8 images (N, 3, H, W), int64 labels, and the bad files replaced in it."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    replaced: list[str] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pin-memory thread."""
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.replaced)
+
+
+def collate(items: Sequence[tuple[torch.Tensor, int, tuple[str, ...]]]) -> Batch:
+    """Stack ``(image, label, replaced)`` items into a :class:`Batch`."""
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
+    replaced = [name for it in items for name in it[2]]
+    return Batch(images, labels, replaced)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    seed: int = 0,
+    pin_memory: bool | None = None,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """A DataLoader of :class:`Batch` for this process; ``batch_size`` is per process.
+
+    Map-style datasets get an :class:`EpochSampler` (reach it as ``loader.sampler`` to call
+    ``set_epoch``); shard datasets split themselves across ranks and workers.
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    worker_args = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if workers > 0 else {}
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            drop_last=train,
+            **worker_args,
+        )
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, even=train)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=train,
+        **worker_args,
+    )
