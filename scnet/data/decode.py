@@ -11,6 +11,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
@@ -27,15 +28,7 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-def read_bytes(source: ImageSource) -> bytes:
-    """The raw bytes of a file path (or the bytes themselves)."""
-    if isinstance(source, bytes):
-        return source
-    with open(source, "rb") as f:
-        return f.read()
-
-
-def decode_rgb(data: bytes, name: str = "<bytes>") -> torch.Tensor:
+def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tensor:
     """Decode JPEG/PNG/... bytes into a 3xHxW uint8 RGB tensor.
 
     libjpeg-turbo/libpng through torchvision first (fast, and it converts grayscale and CMYK to
@@ -44,12 +37,13 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> torch.Tensor:
     """
     if len(data) == 0:
         raise BadImageError(name, "empty file")
+    encoded = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return decode_image(encoded, mode=ImageReadMode.RGB)
     except RuntimeError:
         pass  # fall through to PIL, which knows more formats and gives clearer reasons
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(encoded.numpy().tobytes())) as img:
             img = img.convert("RGB")
             arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
             return arr.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
@@ -63,7 +57,8 @@ def load_rgb(source: ImageSource, name: str | None = None) -> torch.Tensor:
     """Read and decode a file (or bytes) into a 3xHxW uint8 RGB tensor; see :func:`decode_rgb`."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
-        data = read_bytes(source)
+        # Read straight into a tensor's memory: no intermediate bytes copy.
+        data = source if isinstance(source, bytes) else torch.from_numpy(np.fromfile(source, dtype=np.uint8))
     except OSError as e:
         raise BadImageError(label, e.strerror or str(e)) from e
     return decode_rgb(data, label)

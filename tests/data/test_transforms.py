@@ -6,7 +6,13 @@ import torch
 
 from scnet.data.device import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, DevicePreprocess
 from scnet.data.loader import Batch
-from scnet.data.transforms import IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, eval_transform, pca_lighting_, train_transform
+from scnet.data.transforms import (
+    IMAGENET_PCA_EIGVAL,
+    IMAGENET_PCA_EIGVEC,
+    eval_transform,
+    pca_lighting_,
+    train_transform,
+)
 
 
 def _image(h=375, w=500, seed=0):
@@ -44,8 +50,8 @@ def test_pca_lighting_offsets_along_eigvecs():
 def test_device_preprocess_normalises():
     images = torch.tensor([[[[0]], [[128]], [[255]]]], dtype=torch.uint8)
     out = DevicePreprocess(torch.device("cpu"), channels_last=True)(images)
-    want = torch.tensor([(v / 255 - m) / s for v, m, s in zip((0, 128, 255), IMAGENET_MEAN, IMAGENET_STD)])
+    want = torch.tensor([(v / 255 - m) / s for v, m, s in zip((0, 128, 255), IMAGENET_MEAN, IMAGENET_STD, strict=True)])
     torch.testing.assert_close(out.flatten(), want)
     batch = Batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]), ["bad.JPEG"])
-    (x, y, replaced), = list(DeviceLoader([batch], torch.device("cpu")))
+    ((x, y, replaced),) = list(DeviceLoader([batch], torch.device("cpu")))
     assert x.dtype == torch.float32 and x.is_contiguous() and y.tolist() == [1, 2] and replaced == ["bad.JPEG"]
