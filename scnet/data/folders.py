@@ -147,5 +147,8 @@ class ImageFolderDataset(Dataset):
             if isinstance(key, tuple):
                 # CPU generator only: torch.manual_seed would also (lazily) seed CUDA, 10x the cost.
                 torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except Exception as e:  # a worker must never die with an anonymous traceback
+                raise RuntimeError(f"{path}: transform failed ({type(e).__name__}: {e})") from e
         return image, label, tuple(replaced)

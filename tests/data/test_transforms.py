@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scnet.data.device import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, DevicePreprocess
+from scnet.data.device import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, DevicePreprocess, build_mixup
 from scnet.data.loader import Batch
 from scnet.data.transforms import (
     IMAGENET_PCA_EIGVAL,
@@ -55,3 +55,19 @@ def test_device_preprocess_normalises():
     batch = Batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]), ["bad.JPEG"])
     ((x, y, replaced),) = list(DeviceLoader([batch], torch.device("cpu")))
     assert x.dtype == torch.float32 and x.is_contiguous() and y.tolist() == [1, 2] and replaced == ["bad.JPEG"]
+
+
+def test_random_erasing_and_mixup_on_device_batches():
+    images = torch.full((4, 3, 32, 32), 128, dtype=torch.uint8)
+    clean = DevicePreprocess(torch.device("cpu"))(images)
+    torch.manual_seed(0)
+    erased = DevicePreprocess(torch.device("cpu"), random_erasing=1.0)(images)
+    assert erased.shape == clean.shape
+    changed = (erased != clean).flatten(1).any(1)
+    assert changed.all()  # probability 1: every image has an erased box
+    assert not (erased != clean).flatten(1).all(1).any()  # ...that leaves some pixels alone
+
+    assert build_mixup(0.0, 0.0, 0.1, 10) is None
+    mix = build_mixup(0.8, 1.0, 0.1, num_classes=10)
+    x, y = mix(clean.clone(), torch.tensor([0, 1, 2, 3]))
+    assert y.shape == (4, 10) and torch.allclose(y.sum(1), torch.ones(4))
