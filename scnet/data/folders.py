@@ -35,15 +35,35 @@ def _images_in(folder: Path) -> list[str]:
     return files
 
 
-def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sorted folder names; index = position) and ``(path, label)`` samples of an ImageFolder tree.
+def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (index = position) and ``(path, label)`` samples of an ImageFolder tree.
 
-    Sorted-name order is the convention of ImageNet checkpoints (wnid order).
+    Classes are the sorted folder names (wnid order, the convention of ImageNet checkpoints), unless
+    ``classes`` gives the full list: then a split that lacks some class folders (a partial val set)
+    keeps the same indices as the full set, and a folder outside the list is an error.
     """
     root = Path(root)
-    classes = sorted(_class_dirs(root))
-    samples = [(str(root / c / f), label) for label, c in enumerate(classes) for f in _images_in(root / c)]
+    present = _class_dirs(root)
+    if classes is None:
+        classes = sorted(present)
+    else:
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            raise ValueError(f"{root}: class folder {unknown[0]!r} is not in the class list")
+    classes = list(classes)
+    present_set = set(present)
+    samples = [
+        (str(root / c / f), label) for label, c in enumerate(classes) if c in present_set for f in _images_in(root / c)
+    ]
     return classes, samples
+
+
+def read_class_list(root: Path) -> list[str] | None:
+    """``root/classes.txt`` (one class folder name per line, as ``scnet-data`` writes it), if present."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def scan_imagenet_v2(root: Path) -> tuple[list[str], list[tuple[str, int]]]:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .folders import ImageFolderDataset, is_imagenet_v2, scan_image_folder, scan_imagenet_v2
+from .folders import ImageFolderDataset, is_imagenet_v2, read_class_list, scan_image_folder, scan_imagenet_v2
 
 
 def dist_info() -> tuple[int, int]:
@@ -35,7 +35,8 @@ def build_dataset(
     shuffle: bool = False,
 ) -> Dataset:
     """The dataset for ``root/split``: WebDataset-style shards (an ``index.json``), an ImageNet-V2
-    folder (numeric class folders), or an ImageFolder tree (class index = sorted folder position)."""
+    folder (numeric class folders), or an ImageFolder tree (class index = position in
+    ``root/classes.txt`` when present, else in the sorted folder names)."""
     folder = Path(root) / split
     if (folder / "index.json").is_file():
         from .shards import ShardDataset
@@ -45,7 +46,10 @@ def build_dataset(
         )
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such data folder (expected {root}/{split}/<class>/<images> or shards)")
-    classes, samples = scan_imagenet_v2(folder) if is_imagenet_v2(folder) else scan_image_folder(folder)
+    if is_imagenet_v2(folder):
+        classes, samples = scan_imagenet_v2(folder)
+    else:
+        classes, samples = scan_image_folder(folder, read_class_list(root))
     return ImageFolderDataset(samples, classes, transform=transform, strict=strict, seed=seed)
 
 

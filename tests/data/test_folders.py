@@ -85,3 +85,15 @@ def test_per_sample_seed_makes_augmentation_reproducible(tmp_path):
     torch.manual_seed(999)  # whatever the process RNG was doing
     assert torch.equal(ds[(1, 3)][0], first)
     assert not torch.equal(ds[(1, 4)][0], first)  # another epoch, another crop
+
+
+def test_class_list_keeps_indices_of_a_partial_split(tmp_path):
+    # val lacks class n02: without classes.txt, n03 would become index 1.
+    make_tree(tmp_path / "val", {"n01": 1, "n03": 2})
+    (tmp_path / "classes.txt").write_text("n01\nn02\nn03\n")
+    ds = build_dataset(tmp_path, "val")
+    assert ds.classes == ["n01", "n02", "n03"]
+    assert sorted(label for _, label in ds.samples) == [0, 2, 2]
+    (tmp_path / "classes.txt").write_text("n01\nn02\n")
+    with pytest.raises(ValueError, match="'n03' is not in the class list"):
+        build_dataset(tmp_path, "val")
