@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import to_dtype
 
 ImageSource = bytes | str | os.PathLike
 
@@ -39,7 +40,12 @@ def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tenso
         raise BadImageError(name, "empty file")
     encoded = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decode_image(encoded, mode=ImageReadMode.RGB)
+        image = decode_image(encoded, mode=ImageReadMode.RGB)
+        if image.ndim == 4:  # animated GIF: the first frame
+            image = image[0]
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = to_dtype(image, torch.uint8, scale=True)
+        return image
     except RuntimeError:
         pass  # fall through to PIL, which knows more formats and gives clearer reasons
     try:

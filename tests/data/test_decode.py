@@ -62,3 +62,20 @@ def test_bad_files_raise_one_clear_error(kind, data):
 def test_missing_file_is_a_bad_image(tmp_path):
     with pytest.raises(BadImageError, match="gone.JPEG"):
         load_rgb(tmp_path / "gone.JPEG")
+
+
+def test_16bit_png_and_animated_gif_become_uint8_rgb():
+    import io
+
+    ramp = np.tile(np.arange(0, 65536, 1024, dtype=np.uint16), (8, 1))  # 8x64, 16-bit grey
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    got = decode_rgb(buf.getvalue(), "deep.png")
+    assert got.dtype == torch.uint8 and got.shape == (3, 8, 64)
+    assert int(got[0, 0, -1]) >= 250 and int(got[0, 0, 0]) == 0  # scaled, not truncated
+
+    frames = [random_image(20, 10, seed=s).convert("P") for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    got = decode_rgb(buf.getvalue(), "anim.gif")
+    assert got.shape == (3, 10, 20) and got.dtype == torch.uint8
