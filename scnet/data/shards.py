@@ -1,0 +1,491 @@
+"""WebDataset-style tar shards: writing them from an ImageFolder tree, and reading them as a dataset.
+
+Layout (the WebDataset convention: a sample is the run of consecutive members sharing a key)::
+
+    out/<split>/<split>-000000.tar      <key>.jpeg  (the original file's bytes)
+                                        <key>.cls   (class index, ASCII decimal)
+                                        ...
+    out/<split>/index.json              classes, num_samples, shards [{name, num_samples}], format_version
+
+Large sequential reads are what network and spinning disks serve fast, where ImageNet's 1.3M small
+files are not. Each shard is written to a temp name and renamed, so a shard under its final name is
+complete; a re-run keeps the shards whose members are already the planned ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import sys
+import tarfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from .decode import BadImageError, decode_rgb
+from .folders import scan_image_folder
+
+FORMAT_VERSION = 1
+INDEX = "index.json"
+# Member extensions that hold the image (any of them; decode_rgb sniffs the real format).
+IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif"})
+# A temp file not written to for this long was left by a run that died (a live writer touches it constantly).
+STALE_TEMP_S = 600.0
+_TEMP = re.compile(r"^\..+\.\d+\.tmp$")
+_READ_BUFFER = 1 << 20
+
+
+class ShardError(RuntimeError):
+    """A shard that cannot be read as its index describes it; the message names the shard (and key).
+
+    One message argument only, so that a DataLoader worker can re-raise it in the main process.
+    """
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class _Source:
+    key: str
+    ext: str
+    path: str
+    label: int
+
+    @property
+    def members(self) -> tuple[str, str]:
+        return f"{self.key}.{self.ext}", f"{self.key}.cls"
+
+
+def _sanitise(text: str) -> str:
+    # A key must hold no dot (the key ends at the first one) and no slash (no folders in the tar).
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _plan_split(split_dir: Path) -> tuple[list[str], list[_Source]]:
+    """Classes and the samples of an ImageFolder split, in sorted order, with unique, stable keys."""
+    classes, samples = scan_image_folder(split_dir)  # ValueError naming the folder if missing or empty
+    sources, seen = [], set()
+    for path, label in samples:
+        p = Path(path)
+        key = f"{_sanitise(classes[label])}__{_sanitise(p.stem)}"
+        if key in seen:  # e.g. "a.jpg" beside "a.png", or "a b" beside "a_b": number the later ones
+            n = 1
+            while f"{key}_{n}" in seen:
+                n += 1
+            key = f"{key}_{n}"
+        seen.add(key)
+        sources.append(_Source(key, p.suffix[1:].lower(), path, label))
+    return classes, sources
+
+
+def shard_name(split: str, number: int) -> str:
+    """``train-000012.tar``."""
+    return f"{split}-{number:06d}.tar"
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _replace_atomic(path: Path, write: Callable[[object], None]) -> None:
+    """Run ``write(file)`` on a temp file beside ``path``, sync it, then rename it over ``path``."""
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # the same tree gives the same shard bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(path: Path, sources: Sequence[_Source], bar: tqdm) -> None:
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for s in sources:
+                with open(s.path, "rb") as src:
+                    data = src.read()
+                image_name, cls_name = s.members
+                _add_member(tar, image_name, data)
+                _add_member(tar, cls_name, str(s.label).encode("ascii"))
+                bar.update()
+
+    _replace_atomic(path, write)
+
+
+def _shard_is_complete(path: Path, sources: Sequence[_Source]) -> bool:
+    """True when the tar at ``path`` holds exactly the planned members, in order, all within the file.
+
+    Names only (headers are read, data is seeked over): stat-ing every source again would cost as much as
+    a network file system charges for reading it.
+    """
+    expected = [name for s in sources for name in s.members]
+    try:
+        size = path.stat().st_size
+        with tarfile.open(path, mode="r:") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+    except (OSError, tarfile.TarError):
+        return False
+    return [m.name for m in members] == expected and all(m.offset_data + m.size <= size for m in members)
+
+
+def _idle_for(path: Path, now: float) -> float:
+    """Seconds since ``path`` was last written; 0 when it is gone (renamed by its writer meanwhile)."""
+    try:
+        return now - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _remove_stale(folder: Path, split: str, num_shards: int) -> None:
+    """Delete temp files of runs that died, and shards past the end of this plan (from a larger one)."""
+    now = time.time()
+    own_shard = re.compile(rf"^{re.escape(split)}-(\d{{6}})\.tar$")
+    for entry in os.scandir(folder):
+        m = own_shard.match(entry.name)
+        if m and int(m.group(1)) >= num_shards:
+            os.unlink(entry.path)
+        elif _TEMP.match(entry.name) and _idle_for(Path(entry.path), now) > STALE_TEMP_S:
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def _write_split(
+    split_dir: Path, out: Path, split: str, shard_size: int, seed: int, progress: bool
+) -> dict[str, object]:
+    classes, sources = _plan_split(split_dir)
+    if split == "train":
+        random.Random(seed).shuffle(sources)  # so every shard, and every shuffle buffer, mixes classes
+    chunks = [sources[i : i + shard_size] for i in range(0, len(sources), shard_size)]
+    names = [shard_name(split, i) for i in range(len(chunks))]
+    index = {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "classes": classes,
+        "num_samples": len(sources),
+        "shards": [{"name": n, "num_samples": len(c)} for n, c in zip(names, chunks, strict=True)],
+        "shard_size": shard_size,
+        "seed": seed,
+        "shuffled": split == "train",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [i for i, (n, c) in enumerate(zip(names, chunks, strict=True)) if not _shard_is_complete(out / n, c)]
+    if todo or _read_json(out / INDEX) != index:
+        # The old index must not describe a half-rewritten split if this run dies.
+        (out / INDEX).unlink(missing_ok=True)
+    done = len(sources) - sum(len(chunks[i]) for i in todo)
+    with tqdm(
+        total=len(sources), initial=done, desc=f"{split} shards", unit="img", file=sys.stderr, disable=not progress
+    ) as bar:
+        for i in todo:
+            _write_shard(out / names[i], chunks[i], bar)
+    _remove_stale(out, split, len(chunks))
+    if _read_json(out / INDEX) != index:
+        _replace_atomic(out / INDEX, lambda f: f.write((json.dumps(index, indent=1) + "\n").encode()))
+    return index
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def make_shards(
+    data: Path,
+    out: Path,
+    shard_size: int = 5000,
+    splits: Sequence[str] = ("train", "val"),
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Write ``data/<split>/<class>/<file>`` as tar shards ``out/<split>/<split>-NNNNNN.tar`` plus ``index.json``.
+
+    Class index = position of the class folder in sorted order (as ImageFolder). Train samples are
+    shuffled across shards with ``seed``; other splits keep sorted order. Resumable: complete shards
+    are kept. Returns ``{split: index}``; raises ValueError naming the path for a missing data folder,
+    a split without class folders, or an empty class folder.
+    """
+    data, out = Path(data), Path(out)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, not {shard_size}")
+    if not data.is_dir():
+        raise ValueError(f"{data}: no such data folder")
+    # Check every split before writing any, so a typo does not cost an hour of train shards first.
+    for split in splits:
+        if not (data / split).is_dir():
+            raise ValueError(f"{data / split}: no such split folder")
+    return {split: _write_split(data / split, out / split, split, shard_size, seed, progress) for split in splits}
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_index(split_dir: Path) -> dict:
+    """The ``index.json`` of a shard folder, checked for the fields the reader needs."""
+    path = Path(split_dir) / INDEX
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no shard index (write shards with `scnet-data make-shards`)") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {index.get('format_version')!r}, this reader knows {FORMAT_VERSION}")
+    counts = [s["num_samples"] for s in index["shards"]]
+    if sum(counts) != index["num_samples"]:
+        raise ValueError(f"{path}: shard sizes add up to {sum(counts)}, not num_samples {index['num_samples']}")
+    return index
+
+
+def _split_key(member_name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the file name; the rest is the extension."""
+    folder, _, base = member_name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def _default_rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _worker_quotas(total: int, num_workers: int) -> list[int]:
+    """``total`` split as evenly as possible over workers, the same on every rank (so every rank makes
+    the same number of per-worker batches, not just the same number of samples)."""
+    return [total // num_workers + (1 if w < total % num_workers else 0) for w in range(num_workers)]
+
+
+class ShardDataset(IterableDataset):
+    """Samples ``(image, label, replaced)`` from the shards of one split (a folder with ``index.json``).
+
+    ``image`` is ``transform(decode_rgb(bytes))`` (the uint8 3xHxW tensor without a transform);
+    ``replaced`` names (``shard:key``) the bad samples skipped in place of this one, usually ``()``.
+
+    Every sample of an epoch goes to exactly one (rank, DataLoader worker) slot: whole shards when there
+    are at least as many shards as slots, otherwise every num_slots-th sample. With ``shuffle``, the shard
+    order is permuted per epoch (seed + epoch, the same on every rank) and samples pass through a
+    ``buffer_size`` shuffle buffer seeded by (seed, epoch, rank, worker). ``equal_per_rank`` (training
+    under DDP): every rank yields exactly ``num_samples // world_size`` samples, split over workers the
+    same way on every rank, so ranks step equally often; a worker whose shards hold fewer samples than its
+    share repeats some (only with unequal shards). Otherwise every sample is seen exactly once across ranks.
+
+    ``set_epoch`` reaches persistent workers too: the epoch lives in shared memory. Call it before the
+    DataLoader's iterator is created. rank/world_size default to torch.distributed's at construction.
+    """
+
+    def __init__(
+        self,
+        split_dir: Path,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shuffle: bool = False,
+        buffer_size: int = 1000,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        strict: bool = False,
+        equal_per_rank: bool = False,
+    ) -> None:
+        super().__init__()
+        self.split_dir = Path(split_dir)
+        index = read_index(self.split_dir)
+        self.classes: list[str] = list(index["classes"])
+        self.num_samples: int = int(index["num_samples"])
+        self.shards: list[tuple[str, int]] = [(s["name"], int(s["num_samples"])) for s in index["shards"]]
+        default_rank, default_world = _default_rank()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        if shuffle and buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+        self.transform = transform
+        self.shuffle = shuffle
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.strict = strict
+        self.equal_per_rank = equal_per_rank
+        # Shared memory: DataLoader workers (persistent ones too) hold a copy of this object, not this object.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shard order and shuffle."""
+        self._epoch.fill_(epoch)
+
+    # -------------------------------------------------------------------------------- who reads what
+
+    def _shard_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(self.seed + epoch).shuffle(order)  # the same on every rank and worker
+        return order
+
+    def _assignment(self, epoch: int, slot: int, num_slots: int) -> list[tuple[int, Callable[[int], bool] | None]]:
+        """The shards a slot reads, in order, each with a filter on its sample positions (None: all)."""
+        order = self._shard_order(epoch)
+        if len(order) >= num_slots:
+            return [(s, None) for s in order[slot::num_slots]]
+        plan, offset = [], 0
+        for s in order:  # fewer shards than slots: every num_slots-th sample of the epoch's sequence
+            plan.append((s, lambda i, first=offset: (first + i) % num_slots == slot))
+            offset += self.shards[s][1]
+        return plan
+
+    def _slot_count(self, epoch: int, slot: int, num_slots: int) -> int:
+        """How many samples a slot holds this epoch (from the index; bad samples included)."""
+        order = self._shard_order(epoch)
+        if len(order) >= num_slots:
+            return sum(self.shards[s][1] for s in order[slot::num_slots])
+        return len(range(slot, self.num_samples, num_slots))
+
+    # -------------------------------------------------------------------------------- reading
+
+    def _read_shard(self, shard: int, want: Callable[[int], bool] | None) -> Iterator[tuple[str, bytes, int]]:
+        """``(name, image bytes, label)`` of the wanted samples of one shard, streamed (one pass, no seeks)."""
+        shard_name, expected = self.shards[shard]
+        path = self.split_dir / shard_name
+        count, key, keep, parts = 0, None, False, {}
+        try:
+            with open(path, "rb", buffering=_READ_BUFFER) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    k, ext = _split_key(member.name)
+                    if k != key:
+                        if keep:
+                            yield self._finish(shard_name, key, parts)
+                        key, parts = k, {}
+                        keep = want is None or want(count)
+                        count += 1
+                    if keep:
+                        parts[ext] = tar.extractfile(member).read()
+                if keep:
+                    yield self._finish(shard_name, key, parts)
+        except (OSError, tarfile.TarError) as e:
+            where = f"{shard_name}:{key}" if key is not None else shard_name
+            raise ShardError(f"{path}: cannot read shard at {where} ({type(e).__name__}: {e})") from e
+        if count != expected:
+            raise ShardError(f"{path}: holds {count} samples, its index says {expected} (re-run make-shards)")
+
+    def _finish(self, shard_name: str, key: str, parts: dict[str, bytes]) -> tuple[str, bytes, int]:
+        name = f"{shard_name}:{key}"
+        images = [ext for ext in parts if ext in IMAGE_EXTS]
+        if len(images) != 1 or "cls" not in parts:
+            raise ShardError(f"{name}: a sample needs one image and one .cls member, found {sorted(parts)}")
+        try:
+            label = int(parts["cls"].decode("ascii").strip())
+        except ValueError:
+            raise ShardError(f"{name}: .cls member is not a class index: {parts['cls'][:20]!r}") from None
+        if not 0 <= label < len(self.classes):
+            raise ShardError(f"{name}: class index {label} out of range for {len(self.classes)} classes")
+        return name, parts[images[0]], label
+
+    def _raw(self, epoch: int, slot: int, num_slots: int) -> Iterator[tuple[str, bytes, int]]:
+        for shard, want in self._assignment(epoch, slot, num_slots):
+            yield from self._read_shard(shard, want)
+
+    @staticmethod
+    def _buffered(items: Iterator, size: int, rng: random.Random) -> Iterator:
+        """A shuffle buffer: each arriving item swaps out a random one of ``size`` held (encoded bytes,
+        not decoded pixels, so a 1000-sample buffer costs ~110 MB per worker for ImageNet, not ~500)."""
+        buf: list = []
+        for item in items:
+            if len(buf) < size:
+                buf.append(item)
+                continue
+            j = rng.randrange(size)
+            yield buf[j]
+            buf[j] = item
+        rng.shuffle(buf)
+        yield from buf
+
+    def _decoded(self, items: Iterator[tuple[str, bytes, int]], pending: list[str]) -> Iterator[tuple]:
+        """Decode and transform; skip bad images (naming them in ``pending``) unless strict."""
+        for name, data, label in items:
+            try:
+                image = decode_rgb(data, name)
+                if self.transform is not None:
+                    image = self.transform(image)
+            except BadImageError:
+                if self.strict:
+                    raise
+                pending.append(name)
+                continue
+            except Exception as e:  # noqa: BLE001 - a worker must say which sample, not die anonymously
+                raise ShardError(f"{name}: {type(e).__name__}: {e}") from e
+            replaced = tuple(pending)
+            pending.clear()
+            yield image, label, replaced
+
+    def _one_pass(
+        self, epoch: int, worker: int, slot: int, num_slots: int, repeat: int, pending: list[str]
+    ) -> Iterator[tuple[torch.Tensor, int, tuple[str, ...]]]:
+        """One pass over this slot's samples: read, (shuffle,) decode."""
+        items = self._raw(epoch, slot, num_slots)
+        if self.shuffle:
+            # A string seed is hashed with SHA-512: stable across runs and Python versions, unlike hash().
+            rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/{worker}/{repeat}")
+            items = self._buffered(items, self.buffer_size, rng)
+        return self._decoded(items, pending)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, tuple[str, ...]]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Slot numbering worker-major: a rank's share of the samples does not depend on num_workers.
+        slot, num_slots = worker * self.world_size + self.rank, num_workers * self.world_size
+        epoch = self.epoch
+        pending: list[str] = []
+        if not self.equal_per_rank:
+            yield from self._one_pass(epoch, worker, slot, num_slots, 0, pending)
+            if pending:
+                warnings.warn(f"bad samples skipped at the end of the epoch: {', '.join(pending)}", stacklevel=2)
+            return
+        quota = _worker_quotas(self.num_samples // self.world_size, num_workers)[worker]
+        yielded, repeat = 0, 0
+        while yielded < quota:
+            before = yielded
+            for sample in self._one_pass(epoch, worker, slot, num_slots, repeat, pending):
+                yield sample
+                yielded += 1
+                if yielded == quota:
+                    return
+            if yielded == before:
+                raise ShardError(
+                    f"{self.split_dir}: no readable sample for rank {self.rank}, worker {worker} "
+                    f"(bad: {', '.join(pending) or 'none'})"
+                )
+            repeat += 1  # fewer samples here than this worker's share: go round again
+
+    def rank_num_samples(self, num_workers: int = 0, epoch: int | None = None) -> int:
+        """Samples this rank yields in an epoch (bad ones included) when read with ``num_workers`` workers."""
+        if self.equal_per_rank:
+            return self.num_samples // self.world_size
+        epoch = self.epoch if epoch is None else epoch
+        n = max(num_workers, 1)
+        return sum(self._slot_count(epoch, w * self.world_size + self.rank, n * self.world_size) for w in range(n))
