@@ -14,7 +14,10 @@ import torch
 
 
 def _images_per_second(loader: Iterable, batches: int, warmup: int) -> float:
-    """Images per second over ``batches`` batches, after ``warmup`` batches (worker start-up, page cache)."""
+    """Images per second over ``batches`` batches, after ``warmup`` batches (worker start-up, page cache).
+
+    The loader is consumed and its workers shut down before returning.
+    """
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -24,7 +27,9 @@ def _images_per_second(loader: Iterable, batches: int, warmup: int) -> float:
         batch = next(it)
         images = batch.images if hasattr(batch, "images") else batch[0]
         count += images.shape[0]
-    return count / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    del it  # shuts the workers down (the loaders here are not persistent)
+    return count / elapsed
 
 
 def _ours(root: Path, args: argparse.Namespace):
@@ -34,7 +39,7 @@ def _ours(root: Path, args: argparse.Namespace):
 
     classes, samples = scan_image_folder(root)
     dataset = ImageFolderDataset(samples, classes, transform=train_transform(args.image_size), seed=0)
-    return build_loader(dataset, args.batch_size, args.workers, train=True, pin_memory=False)
+    return build_loader(dataset, args.batch_size, args.workers, train=True, pin_memory=False, persistent=False)
 
 
 def _baseline(root: Path, args: argparse.Namespace):
@@ -52,7 +57,7 @@ def _baseline(root: Path, args: argparse.Namespace):
         ]
     )
     dataset = datasets.ImageFolder(str(root), transform=tf)
-    extra = dict(persistent_workers=True, prefetch_factor=4) if args.workers > 0 else {}
+    extra = dict(prefetch_factor=4) if args.workers > 0 else {}
     return DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True, **extra
     )
@@ -67,10 +72,10 @@ def bench_data(args: argparse.Namespace) -> dict:
         raise ValueError(f"{root}: no such data folder")
     torch.set_num_threads(1)  # each side gets the cores through its workers, not intra-op threads
     ours, base = [], []
-    loaders = {"ours": _ours(root, args), "baseline": _baseline(root, args)}
     for _ in range(args.repeats):  # alternate, so drift in the machine's speed hits both
-        ours.append(_images_per_second(loaders["ours"], args.batches, args.warmup))
-        base.append(_images_per_second(loaders["baseline"], args.batches, args.warmup))
+        # A fresh loader each time, dropped after: no side's prefetched leftovers run during the other's turn.
+        ours.append(_images_per_second(_ours(root, args), args.batches, args.warmup))
+        base.append(_images_per_second(_baseline(root, args), args.batches, args.warmup))
     ips, bips = statistics.median(ours), statistics.median(base)
     per = max(args.workers, 1)
     return {

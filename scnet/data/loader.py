@@ -136,6 +136,7 @@ def build_loader(
     seed: int = 0,
     pin_memory: bool | None = None,
     prefetch_factor: int = 4,
+    persistent: bool = True,
 ) -> DataLoader:
     """A DataLoader of :class:`Batch` for this process; ``batch_size`` is per process.
 
@@ -144,7 +145,7 @@ def build_loader(
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    worker_args = dict(persistent_workers=True, prefetch_factor=prefetch_factor) if workers > 0 else {}
+    worker_args = dict(persistent_workers=persistent, prefetch_factor=prefetch_factor) if workers > 0 else {}
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return DataLoader(
             dataset,
