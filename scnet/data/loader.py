@@ -120,6 +120,29 @@ class Batch:
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.replaced)
 
 
+class ReplacedLog:
+    """Bad files met during an epoch (each replaced by another sample), for the end-of-epoch report."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def update(self, names: Sequence[str]) -> None:
+        """Add the ``replaced`` names of one batch."""
+        self.names.extend(names)
+
+    def summary(self, limit: int = 5) -> str:
+        """One line: how many, and the first few file names; empty when there were none."""
+        if not self.names:
+            return ""
+        unique = sorted(set(self.names))
+        shown = ", ".join(unique[:limit]) + (f" and {len(unique) - limit} more" if len(unique) > limit else "")
+        return f"{len(self.names)} bad samples replaced ({len(unique)} files): {shown}"
+
+    def reset(self) -> None:
+        """Start a new epoch."""
+        self.names.clear()
+
+
 def collate(items: Sequence[tuple[torch.Tensor, int, tuple[str, ...]]]) -> Batch:
     """Stack ``(image, label, replaced)`` items into a :class:`Batch`."""
     images = torch.stack([it[0] for it in items])

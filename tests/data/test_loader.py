@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scnet.data.folders import ImageFolderDataset, scan_image_folder
-from scnet.data.loader import EpochSampler, build_dataset, build_loader
+from scnet.data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
 from scnet.data.transforms import train_transform
 
 from .images import make_tree
@@ -54,8 +54,10 @@ def test_loader_with_workers_reproducible_and_counts_bad(tmp_path):
     images2, replaced2 = epoch(2)
     assert images0.shape == (8, 3, 48, 48) and images0.dtype == torch.uint8  # drop_last: 10 -> 8
     assert torch.equal(images0, images2)  # same crops whatever the worker count
-    assert replaced0 == replaced2
-    assert all(r == str(bad) for r in replaced0)
+    assert replaced0 == replaced2 == [str(bad)]  # with this seed and epoch, b_2 is 6th of 10: not dropped
+    log = ReplacedLog()
+    log.update(replaced0)
+    assert log.summary() == f"1 bad samples replaced (1 files): {bad}"
 
 
 def test_build_dataset_reads_shards(tmp_path):
@@ -72,3 +74,13 @@ def test_image_folder_classes_from_scan(tmp_path):
     classes, samples = scan_image_folder(tmp_path)
     assert isinstance(build_dataset(tmp_path.parent, tmp_path.name), ImageFolderDataset)
     assert classes == ["x"] and len(samples) == 1
+
+
+def test_replaced_log_summary():
+    log = ReplacedLog()
+    assert log.summary() == ""
+    log.update(["x/1.JPEG", "x/2.JPEG"])
+    log.update(["x/1.JPEG"])
+    assert log.summary(limit=1) == "3 bad samples replaced (2 files): x/1.JPEG and 1 more"
+    log.reset()
+    assert log.summary() == ""
