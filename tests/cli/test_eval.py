@@ -1,0 +1,172 @@
+"""`scnet-eval` on real checkpoint files and a tiny real image split: numbers, JSON, bad input, torchrun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import scnet
+from scnet.cli.eval import main
+
+from ..data.images import make_tree
+from ..engine import (
+    CROP_PCT,
+    IMAGE_SIZE,
+    TOTAL,
+    crafted_state_dict,
+    expected_real_top1,
+    make_val_split,
+    random_model,
+    top1_of,
+    with_head,
+    write_real_json,
+)
+
+CONFIG = {
+    "model": {"name": "scnet50", "num_classes": 3},
+    "data": {"image_size": IMAGE_SIZE, "crop_pct": CROP_PCT, "interpolation": "bilinear"},
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Data root, real.json and checkpoints, each with predictions known in advance (except ``random``)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    crafted = crafted_state_dict(favoured=0)
+    paths = {"data": make_val_split(tmp / "imagenet"), "real": write_real_json(tmp / "real.json")}
+    # This project's training checkpoint: weights predict class 0, their EMA class 1.
+    paths["training"] = tmp / "last.pth"
+    ckpt = {"model": crafted, "model_ema": with_head(crafted, 1), "config": CONFIG, "epoch": 3}
+    torch.save(ckpt, paths["training"])
+    paths["no_ema"] = tmp / "no_ema.pth"
+    torch.save({"model": crafted, "config": CONFIG}, paths["no_ema"])
+    # The original release's format: a bare state_dict (predicts class 2).
+    paths["bare"] = tmp / "scnet50-dc6a7e87.pth"
+    torch.save(with_head(crafted, 2), paths["bare"])
+    paths["random"] = tmp / "random.pth"
+    torch.save({"model": random_model().state_dict(), "config": CONFIG}, paths["random"])
+    paths["resnet"] = tmp / "resnet50.pth"
+    torch.save(timm.create_model("resnet50", num_classes=3).state_dict(), paths["resnet"])
+    paths["garbage"] = tmp / "garbage.pth"
+    paths["garbage"].write_bytes(b"not a checkpoint")
+    paths["four_classes"] = make_tree(tmp / "four" / "val", {"a": 1, "b": 1, "c": 1, "d": 1}).parent
+    paths["empty_class"] = make_tree(tmp / "empty" / "val", {"a": 1, "b": 1}).parent
+    (paths["empty_class"] / "val" / "c").mkdir()
+    return paths
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    code = main([*map(str, args), "--workers", "0", "--batch-size", "4"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_training_checkpoint(files, tmp_path, capsys):
+    out_json = tmp_path / "result.json"
+    code, out, err = _run(
+        capsys,
+        *("--checkpoint", files["training"], "--data", files["data"]),
+        *("--real-labels", files["real"], "--json", out_json),
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "top-1 28.571%" in lines[0] and "top-5 100.000%" in lines[0] and "ReaL" in lines[1]
+    result = json.loads(out_json.read_text())
+    real_top1, real_images = expected_real_top1(favoured=0)
+    model = scnet.create_model("scnet50", num_classes=3)
+    assert result["top1"] == pytest.approx(top1_of(0))
+    assert result["top5"] == 100.0
+    assert result["images"] == TOTAL
+    assert (result["real_top1"], result["real_images"]) == (pytest.approx(real_top1), real_images)
+    assert result["model"] == "scnet50" and result["checkpoint"] == str(files["training"])
+    assert result["params"] == scnet.count_params(model)
+    assert result["macs"] == scnet.count_macs(model, IMAGE_SIZE)  # at the evaluated size, from the config
+    assert (result["split"], result["image_size"], result["crop_pct"]) == ("val", IMAGE_SIZE, CROP_PCT)
+    assert result["replaced"] == [] and result["ema"] is False
+
+
+def test_ema_weights_and_command_line_over_config(files, tmp_path, capsys):
+    out_json = tmp_path / "ema.json"
+    code, _, err = _run(
+        capsys,
+        *("--checkpoint", files["training"], "--data", files["data"]),
+        *("--ema", "--image-size", 128, "--json", out_json),
+    )
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["top1"] == pytest.approx(top1_of(1)) and result["ema"] is True
+    assert result["image_size"] == 128 and result["crop_pct"] == CROP_PCT
+    assert "real_top1" not in result
+
+
+def test_bare_state_dict_with_model(files, tmp_path, capsys):
+    out_json = tmp_path / "bare.json"
+    code, _, err = _run(
+        capsys,
+        *("--checkpoint", files["bare"], "--data", files["data"], "--model", "scnet50"),
+        *("--image-size", IMAGE_SIZE, "--crop-pct", CROP_PCT, "--json", out_json),
+    )
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    assert (result["top1"], result["images"], result["model"]) == (pytest.approx(top1_of(2)), TOTAL, "scnet50")
+
+
+BAD_INPUTS = {
+    "missing checkpoint": (["--checkpoint", "{tmp}/nope.pth", "--data", "{data}"], "nope.pth"),
+    "unreadable checkpoint": (["--checkpoint", "{garbage}", "--data", "{data}"], "cannot read"),
+    "another architecture": (["--checkpoint", "{resnet}", "--data", "{data}", "--model", "scnet50"], "does not fit"),
+    "missing data folder": (["--checkpoint", "{training}", "--data", "{tmp}/nodata"], "nodata"),
+    "empty class folder": (["--checkpoint", "{training}", "--data", "{empty_class}"], "empty class folder"),
+    "unknown model": (["--checkpoint", "{bare}", "--data", "{data}", "--model", "scnet51"], "scnet51"),
+    "classes differ": (["--checkpoint", "{training}", "--data", "{four_classes}"], "4 classes"),
+    "image too small": (["--checkpoint", "{training}", "--data", "{data}", "--image-size", "96"], "97"),
+    "bare without --model": (["--checkpoint", "{bare}", "--data", "{data}"], "--model"),
+    "--ema without EMA": (["--checkpoint", "{no_ema}", "--data", "{data}", "--ema"], "EMA"),
+    "missing real.json": (["--checkpoint", "{training}", "--data", "{data}", "--real-labels", "{tmp}/r.json"], "r.js"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(case, files, tmp_path, capsys):
+    argv, expected = BAD_INPUTS[case]
+    names = {k: str(v) for k, v in files.items()} | {"tmp": str(tmp_path)}
+    out_json = tmp_path / "result.json"
+    code, out, err = _run(capsys, *[a.format(**names) for a in argv], "--json", out_json)
+    assert code == 2
+    assert err.startswith("scnet-eval: error:") and err.count("\n") == 1, err
+    assert expected in err
+    assert out == "" and not out_json.exists()
+
+
+def test_bad_input_as_a_process_has_no_traceback(files, tmp_path):
+    cmd = [sys.executable, "-m", "scnet.cli.eval", "--checkpoint", str(files["bare"]), "--data", str(files["data"])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("scnet-eval: error:") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_count_what_one_does(files, tmp_path, capsys):
+    common = ["--checkpoint", str(files["random"]), "--data", str(files["data"]), "--real-labels", str(files["real"])]
+    common += ["--workers", "0", "--batch-size", "4", "--device", "cpu"]
+    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    capsys.readouterr()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    proc = subprocess.run(
+        [*torchrun, "-m", "scnet.cli.eval", *common, "--json", str(tmp_path / "two.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("top-5") == 1  # rank 0 alone prints
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    for key in ("images", "top1", "top5", "real_top1", "real_images"):
+        assert two[key] == one[key], key
+    assert two["images"] == TOTAL
