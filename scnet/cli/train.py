@@ -1,0 +1,54 @@
+"""``scnet-train --config FILE [key=value ...] [--resume [PATH|auto]] [--print-config]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scnet-train`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="scnet-train", description="Train an SC model (or a baseline) from a YAML config."
+    )
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH|auto",
+        help="continue the run in output_dir (auto, the default with no value) or from a checkpoint",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input ends with one line on stderr (rank 0) and exit status 2."""
+    args = build_parser().parse_args(argv)
+    from scnet.config import ConfigError, format_config, load_config
+    from scnet.data.decode import BadImageError
+    from scnet.models import CheckpointError
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(format_config(cfg))
+            return 0
+        from scnet.engine.train import train
+
+        train(cfg, resume=args.resume)
+    except (ConfigError, CheckpointError, BadImageError, ValueError, OSError) as e:
+        if main_rank:
+            print(f"scnet-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The training run: one function that reads top to bottom, from a Config to checkpoints.
+
+data -> model -> optimizer/schedule -> loop (forward, loss, backward, step, EMA, log) -> evaluate ->
+checkpoint. Distributed setup comes from torchrun's environment (``scnet.engine.distributed``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..config import Config, config_to_dict, dump_config
+from ..data.device import DevicePreprocess, build_mixup
+from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
+from ..data.transforms import eval_transform, train_transform
+from ..models import create_model
+from . import checkpoint as ckpt
+from .distributed import DistInfo, cleanup_distributed, setup_distributed
+from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
+
+
+class RunError(ValueError):
+    """A run that cannot start (bad data, clashing output_dir, ...): one line for the user."""
+
+
+class Preempted:
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.signum = signum
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _prepare_data(cfg: Config, info: DistInfo):
+    root = Path(cfg.data.root)
+    if cfg.data.demo and not (root / cfg.data.train_split).is_dir():
+        if info.is_main:
+            from ..data.demo import make_demo
+
+            make_demo(root, progress=True)
+        if info.world_size > 1:
+            dist.barrier()
+    d = cfg.data
+    train_tf = train_transform(
+        d.image_size,
+        scale=tuple(d.scale),
+        ratio=tuple(d.ratio),
+        interpolation=d.interpolation,
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        randaugment=tuple(d.randaugment) if d.randaugment else None,
+    )
+    eval_tf = eval_transform(d.image_size, d.crop_pct, d.interpolation)
+    train_ds = build_dataset(root, d.train_split, train_tf, strict=d.strict, seed=cfg.train.seed, shuffle=True)
+    val_ds = build_dataset(root, d.val_split, eval_tf, strict=d.strict, seed=cfg.train.seed)
+    classes = getattr(train_ds, "classes", None)
+    if classes is not None and len(classes) != cfg.model.num_classes:
+        raise RunError(
+            f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes"
+        )
+    return train_ds, val_ds
+
+
+def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
+    m = cfg.model
+    model = create_model(
+        m.name,
+        num_classes=m.num_classes,
+        pretrained=m.pretrained,
+        drop_path_rate=m.drop_path_rate,
+        zero_init_last=m.zero_init_last,
+    )
+    minimum = getattr(model, "min_input_size", 0)
+    if cfg.data.image_size < minimum:
+        raise RunError(f"data.image_size={cfg.data.image_size} is below {m.name}'s minimum of {minimum} px")
+    if m.sync_bn and info.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
+    return model.to(info.device, memory_format=memory_format)
+
+
+def _check_output_dir(out: Path, resuming: bool) -> None:
+    if not resuming and out.exists() and any(out.glob("*.pth")):
+        raise RunError(f"{out} already holds a run: resume it with --resume auto, or set output_dir to a new folder")
+
+
+def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Run training as ``cfg`` says; ``resume`` is a checkpoint path, ``"auto"`` or None. Returns the last metrics."""
+    info = setup_distributed()
+    try:
+        return _train(cfg, resume, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    resume_path = ckpt.find_resume(out) if resume == "auto" else (Path(resume) if resume else None)
+    if resume and resume != "auto" and not resume_path.is_file():
+        raise RunError(f"{resume}: no such checkpoint")
+    _check_output_dir(out, resume_path is not None)
+
+    # Seeding and determinism first, so every random choice below is reproducible.
+    torch.manual_seed(cfg.train.seed + info.rank)
+    random.seed(cfg.train.seed + info.rank)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # Data.
+    train_ds, val_ds = _prepare_data(cfg, info)
+    micro_batch = cfg.micro_batch_size(info.world_size)
+    train_loader = build_loader(train_ds, micro_batch, cfg.data.workers, train=True, seed=cfg.train.seed)
+    val_loader = build_eval_loader(val_ds, max(micro_batch, 1), cfg.data.workers)
+    preprocess = DevicePreprocess(
+        info.device,
+        channels_last=cfg.model.channels_last,
+        lighting=cfg.data.lighting,
+        random_erasing=cfg.data.random_erasing,
+    )
+    eval_preprocess = DevicePreprocess(info.device, channels_last=cfg.model.channels_last)
+    if isinstance(train_loader.sampler, EpochSampler):
+        steps_per_epoch = len(train_loader) // cfg.train.accum_steps
+    else:
+        steps_per_epoch = train_ds.rank_num_samples(cfg.data.workers, 0) // micro_batch // cfg.train.accum_steps
+    if steps_per_epoch == 0:
+        raise RunError(
+            f"{cfg.data.root}: too few training images for one step of data.batch_size={cfg.data.batch_size}"
+        )
+
+    # Model, optimizer, schedule, loss, EMA.
+    model = _build_model(cfg, info)
+    o, s = cfg.optim, cfg.schedule
+    # timm's "sgd" is Nesterov SGD; "momentum" is plain SGD with momentum (the PyTorch example's).
+    opt_name = {"sgd": "sgd" if o.nesterov else "momentum", "adamw": "adamw"}[o.name]
+    optimizer = create_optimizer_v2(
+        model,
+        opt=opt_name,
+        lr=cfg.peak_lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        filter_bias_and_bn=o.no_decay_norm_bias,
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched="multistep" if s.name == "step" else "cosine",
+        num_epochs=cfg.train.epochs,
+        decay_milestones=list(s.milestones),
+        decay_rate=s.gamma,
+        warmup_epochs=s.warmup_epochs,
+        warmup_lr=s.warmup_lr,
+        min_lr=s.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    mixup = build_mixup(cfg.data.mixup, cfg.data.cutmix, cfg.train.label_smoothing, cfg.model.num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    amp_dtype = AMP_DTYPES[cfg.train.amp]
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.amp == "fp16")
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    ddp = None
+    if info.world_size > 1:
+        ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    net = ddp or model
+    if cfg.model.compile:
+        net = torch.compile(net)
+
+    # Resume: everything that decides the next step.
+    start_epoch, step_in_epoch, global_step, best_top1 = 0, 0, 0, -1.0
+    if resume_path is not None:
+        state = ckpt.load(resume_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and "model_ema" in state:
+            ema.module.load_state_dict(state["model_ema"])
+        start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        global_step, best_top1 = state["global_step"], state["best_top1"]
+        ckpt.set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
+
+    writer = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        if cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(out / "tb")
+
+    def save(name: str, epoch: int, step: int, extra: dict | None = None) -> None:
+        rngs = [ckpt.rng_state()]
+        if info.world_size > 1:
+            rngs = [None] * info.world_size
+            dist.all_gather_object(rngs, ckpt.rng_state())
+        if not info.is_main:
+            return
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step,
+            "global_step": global_step,
+            "best_top1": best_top1,
+            "rng": rngs,
+            "config": config_to_dict(cfg),
+            **(extra or {}),
+        }
+        if ema is not None:
+            state["model_ema"] = ema.module.state_dict()
+        ckpt.save_atomic(state, out / name)
+
+    preempt = Preempted()
+    metrics: dict[str, Any] = {}
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            if isinstance(train_loader.sampler, EpochSampler):
+                train_loader.sampler.set_epoch(epoch, start=step_in_epoch * cfg.train.accum_steps * micro_batch)
+            else:  # shards: whole epochs only (a mid-epoch resume restarts the epoch's order)
+                train_ds.set_epoch(epoch)
+            net.train()
+            replaced = ReplacedLog()
+            loss_sum, seen, t0, wait = 0.0, 0, time.perf_counter(), 0.0
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=step_in_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not info.is_main,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            it = iter(train_loader)
+            step = step_in_epoch
+            while step < steps_per_epoch:
+                for micro in range(cfg.train.accum_steps):
+                    tw = time.perf_counter()
+                    batch = next(it)
+                    wait += time.perf_counter() - tw
+                    images = preprocess(batch.images.to(info.device, non_blocking=True))
+                    labels = batch.labels.to(info.device, non_blocking=True)
+                    replaced.update(batch.replaced)
+                    if mixup is not None:
+                        images, labels = mixup(images, labels)
+                    last_micro = micro == cfg.train.accum_steps - 1
+                    sync = ddp.no_sync() if ddp is not None and not last_micro else nullcontext()
+                    with (
+                        sync,
+                        torch.autocast(
+                            info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                        ),
+                    ):
+                        loss = criterion(net(images), labels) / cfg.train.accum_steps
+                    scaler.scale(loss).backward()
+                    loss_sum += loss.item() * cfg.train.accum_steps * images.shape[0]
+                    seen += images.shape[0]
+                if o.clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                global_step += 1
+                step += 1
+                scheduler.step_update(num_updates=global_step)
+                if ema is not None:
+                    ema.update(model, step=global_step)
+                lr = optimizer.param_groups[0]["lr"]
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(
+                    loss=f"{loss_sum / max(seen, 1):.4f}",
+                    lr=f"{lr:.3g}",
+                    img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}",
+                    wait=f"{wait / max(elapsed, 1e-9):.0%}",
+                )
+                bar.update(1)
+                if writer is not None and global_step % cfg.train.log_every == 0:
+                    writer.add_scalar("train/loss", loss_sum / max(seen, 1), global_step)
+                    writer.add_scalar("train/lr", lr, global_step)
+                    writer.add_scalar("train/images_per_second", seen * info.world_size / elapsed, global_step)
+                stop = torch.tensor(int(preempt.signum is not None))
+                if info.world_size > 1:
+                    dist.all_reduce(stop)  # every rank stops at the same step
+                every = cfg.train.checkpoint_every_steps
+                if stop.item() or (every and global_step % every == 0 and step < steps_per_epoch):
+                    save("last.pth", epoch, step)
+                if stop.item():
+                    bar.close()
+                    if info.is_main:
+                        print(
+                            f"stopped by signal at epoch {epoch + 1} step {step}; checkpoint {out / 'last.pth'}",
+                            file=sys.stderr,
+                        )
+                    return {"preempted": True, "epoch": epoch, "step": step}
+            bar.close()
+            step_in_epoch = 0
+            scheduler.step(epoch + 1)
+            epoch_time = time.perf_counter() - t0
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "lr": lr,
+                "epoch_time": epoch_time,
+                "images_per_second": seen * info.world_size / epoch_time,
+                "data_wait": wait / epoch_time,
+                "replaced": len(replaced.names),
+            }
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                val = evaluate(model, val_loader, info.device, cfg.train.amp, preprocess=eval_preprocess)
+                metrics.update(top1=val["top1"], top5=val["top5"])
+                if ema is not None:
+                    val_ema = evaluate(ema.module, val_loader, info.device, cfg.train.amp, preprocess=eval_preprocess)
+                    metrics.update(ema_top1=val_ema["top1"], ema_top5=val_ema["top5"])
+            is_best = metrics.get("top1", -1.0) > best_top1
+            if is_best:
+                best_top1 = metrics["top1"]
+            save("last.pth", epoch + 1, 0)
+            if is_best:
+                save("best.pth", epoch + 1, 0)
+            if info.is_main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                if writer is not None:
+                    for key in ("top1", "top5", "ema_top1", "ema_top5", "epoch_time", "images_per_second"):
+                        if key in metrics:
+                            writer.add_scalar(f"epoch/{key}", metrics[key], epoch + 1)
+                    writer.flush()
+                line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+                print(line, file=sys.stderr)
+                if replaced.names:
+                    print(replaced.summary(), file=sys.stderr)
+        return metrics
+    finally:
+        preempt.restore()
+        if writer is not None:
+            writer.close()
+        if not math.isfinite(metrics.get("train_loss", 0.0)):
+            print("warning: training loss is not finite", file=sys.stderr)

@@ -1,0 +1,177 @@
+"""Training runs on real (tiny) data: resume exactness, preemption, refusal to overwrite, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scnet.cli.train import main as train_main
+from scnet.config import load_config
+from scnet.data.demo import make_demo
+from scnet.engine.train import train
+
+REPO = Path(__file__).parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
+    return root
+
+
+def _overrides(demo: Path, out: Path, epochs: int = 2) -> list[str]:
+    # 20 train images, batch 4 -> 5 steps per epoch; step schedule so the lr does not depend on epochs.
+    return [
+        f"data.root={demo}",
+        "data.batch_size=4",
+        "data.workers=0",
+        "data.demo=false",
+        f"output_dir={out}",
+        f"train.epochs={epochs}",
+        "train.deterministic=true",
+        "train.tensorboard=false",
+        "schedule.name=step",
+        "schedule.milestones=[30]",
+        "schedule.warmup_epochs=0",
+    ]
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "last.pth", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(demo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_epoch_is_exact(demo, straight_run, tmp_path):
+    out = tmp_path / "run"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
+    first = torch.load(out / "last.pth", weights_only=True)
+    assert first["epoch"] == 1 and first["step_in_epoch"] == 0
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)), resume="auto")
+    want, got = _weights(straight_run), _weights(out)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and (out / "best.pth").is_file() and (out / "config.yaml").is_file()
+
+
+def _cli(demo: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "scnet.cli.train", "--config", str(QUICKSTART), *_overrides(demo, out), *extra]
+
+
+# Same thread count in every process: bitwise equality needs the same reduction order.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_is_exact(demo, tmp_path):
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    subprocess.run(_cli(demo, straight), check=True, capture_output=True, timeout=300, cwd=REPO, env=ENV)
+    proc = subprocess.Popen(_cli(demo, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=REPO, env=ENV)
+    seen = b""
+    deadline = time.monotonic() + 240
+    while b"| 2/5" not in seen and time.monotonic() < deadline:  # tqdm has finished step 2 of epoch 1
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 0, (seen + rest).decode()[-2000:]
+    assert b"stopped by signal" in rest
+    stopped = torch.load(out / "last.pth", weights_only=True)
+    assert stopped["epoch"] == 0 and 2 <= stopped["step_in_epoch"] < 5  # mid-epoch
+    subprocess.run(_cli(demo, out, "--resume"), check=True, capture_output=True, timeout=300, cwd=REPO, env=ENV)
+    want, got = _weights(straight), _weights(out)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_refuses_to_overwrite_a_run(demo, straight_run, capsys):
+    before = sorted(p.name for p in straight_run.iterdir())
+    mtime = (straight_run / "last.pth").stat().st_mtime_ns
+    assert train_main(["--config", str(QUICKSTART), *_overrides(demo, straight_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a run" in err and "--resume" in err
+    assert sorted(p.name for p in straight_run.iterdir()) == before
+    assert (straight_run / "last.pth").stat().st_mtime_ns == mtime
+
+
+def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo, root)
+    (root / "classes.txt").unlink()  # without a class list, folders define the classes
+    (root / "train" / "zz_empty").mkdir()
+    return root
+
+
+@pytest.mark.parametrize(
+    "case,extra,message",
+    [
+        ("unknown key", ["optim.lrr=0.1"], "did you mean optim.lr"),
+        ("wrong type", ["train.epochs=abc"], "train.epochs"),
+        ("missing data", ["data.root={tmp}/nowhere"], "no such data folder"),
+        ("empty class", ["data.root={empty}"], "empty class folder"),
+        ("num_classes", ["model.num_classes=7"], "model.num_classes=7"),
+        ("image size", ["data.image_size=64"], "minimum of 97 px"),
+        ("other architecture", ["model.pretrained={ckpt}"], "does not fit scnet50"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(demo, tmp_path, capsys, case, extra, message):
+    out = tmp_path / "run"
+    ckpt = tmp_path / "resnet.pth"
+    if "{ckpt}" in extra[0]:
+        import timm
+
+        torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), ckpt)
+    empty = _make_empty_class(demo, tmp_path) if "{empty}" in extra[0] else None
+    extra = [e.format(tmp=tmp_path, empty=empty, ckpt=ckpt) for e in extra]
+    code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("scnet-train: error:") and err.count("\n") == 0, err
+    assert message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_gloo(demo, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "scnet.cli.train",
+        "--config",
+        str(QUICKSTART),
+        *_overrides(demo, out, epochs=1),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # only rank 0 writes
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 1 and len(state["rng"]) == 2  # both ranks' RNG states
+    assert proc.stderr.count("epoch=1 ") == 1  # only rank 0 prints
