@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="architecture (default: the checkpoint's config; required for a bare state_dict)")
     p.add_argument("--batch-size", type=int, default=256, help="global, split across processes (default 256)")
-    p.add_argument("--workers", type=int, default=4, help="loader workers per process")
+    p.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="loader workers per process (default: up to 4)"
+    )
     p.add_argument("--image-size", type=int, help="default: the checkpoint's config, else 224")
     p.add_argument("--crop-pct", type=float, help="resize to image_size / crop_pct, centre-crop (default: config)")
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), help="resize filter (default: config)")

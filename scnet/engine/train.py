@@ -248,7 +248,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 train_ds.set_epoch(epoch)
             net.train()
             replaced = ReplacedLog()
-            loss_sum, seen, t0, wait = 0.0, 0, time.perf_counter(), 0.0
+            loss_sum = torch.zeros((), device=info.device)
+            seen, t0, wait = 0, time.perf_counter(), 0.0
             bar = tqdm(
                 total=steps_per_epoch,
                 initial=step_in_epoch,
@@ -279,7 +280,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     ):
                         loss = criterion(net(images), labels) / cfg.train.accum_steps
                     scaler.scale(loss).backward()
-                    loss_sum += loss.item() * cfg.train.accum_steps * images.shape[0]
+                    # Summed on the device: no host sync in the step; read at log time only.
+                    loss_sum += loss.detach().float() * cfg.train.accum_steps * images.shape[0]
                     seen += images.shape[0]
                 if o.clip_grad:
                     scaler.unscale_(optimizer)
@@ -293,25 +295,35 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 if ema is not None:
                     ema.update(model, step=global_step)
                 lr = optimizer.param_groups[0]["lr"]
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(
-                    loss=f"{loss_sum / max(seen, 1):.4f}",
-                    lr=f"{lr:.3g}",
-                    img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}",
-                    wait=f"{wait / max(elapsed, 1e-9):.0%}",
-                )
                 bar.update(1)
-                if writer is not None and global_step % cfg.train.log_every == 0:
-                    writer.add_scalar("train/loss", loss_sum / max(seen, 1), global_step)
-                    writer.add_scalar("train/lr", lr, global_step)
-                    writer.add_scalar("train/images_per_second", seen * info.world_size / elapsed, global_step)
-                stop = torch.tensor(int(preempt.signum is not None))
+                if global_step % cfg.train.log_every == 0 or step == steps_per_epoch:
+                    elapsed = time.perf_counter() - t0
+                    avg_loss = loss_sum.item() / max(seen, 1)
+                    ips = seen * info.world_size / max(elapsed, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{avg_loss:.4f}",
+                        lr=f"{lr:.3g}",
+                        img_s=f"{ips:.0f}",
+                        wait=f"{wait / max(elapsed, 1e-9):.0%}",
+                    )
+                    if writer is not None:
+                        writer.add_scalar("train/loss", avg_loss, global_step)
+                        writer.add_scalar("train/lr", lr, global_step)
+                        writer.add_scalar("train/images_per_second", ips, global_step)
+                # All ranks must stop at the same step: agree through an all_reduce (every log_every steps,
+                # to keep a collective out of most steps); a single process checks its flag every step.
+                stopping = preempt.signum is not None
                 if info.world_size > 1:
-                    dist.all_reduce(stop)  # every rank stops at the same step
+                    if global_step % cfg.train.log_every == 0 or step == steps_per_epoch:
+                        flag = torch.tensor(int(stopping), device=info.device)
+                        dist.all_reduce(flag)
+                        stopping = bool(flag.item())
+                    else:
+                        stopping = False
                 every = cfg.train.checkpoint_every_steps
-                if stop.item() or (every and global_step % every == 0 and step < steps_per_epoch):
+                if stopping or (every and global_step % every == 0 and step < steps_per_epoch):
                     save("last.pth", epoch, step)
-                if stop.item():
+                if stopping:
                     bar.close()
                     if info.is_main:
                         print(
@@ -325,7 +337,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             epoch_time = time.perf_counter() - t0
             metrics = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
+                "train_loss": loss_sum.item() / max(seen, 1),
                 "lr": lr,
                 "epoch_time": epoch_time,
                 "images_per_second": seen * info.world_size / epoch_time,

@@ -175,3 +175,26 @@ def test_two_process_torchrun_gloo(demo, tmp_path):
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["epoch"] == 1 and len(state["rng"]) == 2  # both ranks' RNG states
     assert proc.stderr.count("epoch=1 ") == 1  # only rank 0 prints
+
+
+def test_accumulation_clipping_ema_amp_and_step_checkpoints(demo, tmp_path):
+    """The optional paths of the loop run together: 2 accumulation steps, clipping, EMA (evaluated too),
+    bf16 autocast, mixup, and a checkpoint every 2 optimizer steps."""
+    out = tmp_path / "run"
+    cfg = load_config(
+        QUICKSTART,
+        _overrides(demo, out, epochs=1)
+        + [
+            "train.accum_steps=2",
+            "optim.clip_grad=1.0",
+            "train.ema=true",
+            "train.amp=bf16",
+            "data.mixup=0.2",
+            "train.checkpoint_every_steps=2",
+        ],
+    )
+    metrics = train(cfg)
+    assert {"top1", "ema_top1", "ema_top5"} <= metrics.keys()
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["global_step"] == 5  # 20 images, micro-batches of 2, 2 per optimizer step
+    assert "model_ema" in state and state["epoch"] == 1
