@@ -30,6 +30,7 @@ from scnet.data.folders import load_real_labels
 from scnet.data.loader import ReplacedLog, build_dataset
 from scnet.data.shards import ShardError
 from scnet.data.transforms import INTERPOLATIONS, eval_transform
+from scnet.engine.distributed import cleanup_distributed, setup_distributed
 from scnet.engine.evaluate import AMP_DTYPES, build_eval_loader, evaluate
 from scnet.models import CheckpointError, count_macs, count_params, create_model, load_weights
 
@@ -276,31 +277,25 @@ def _fail(error: BaseException, show: bool) -> int:
 # ----------------------------------------------------------------------------------------------- entry
 
 
-def _device(requested: str | None, distributed: bool) -> torch.device:
+def _device_kind(requested: str | None) -> str:
     kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda, but CUDA is not available")
-    if kind == "cuda" and distributed:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(kind)
+    return kind
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with one line on stderr)."""
     args = build_parser().parse_args(argv)
     # Launched by torchrun: its environment says so. Rank 0 alone prints and writes.
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        device = _device(args.device, distributed)
+        kind = _device_kind(args.device)
     except ValueError as e:
         return _fail(e, show=rank == 0)
-    if distributed:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    info = setup_distributed(kind)
+    device, world = info.device, info.world_size
     try:
-        world = dist.get_world_size() if distributed else 1
         try:
             job = prepare(args, device, world)
         except (ValueError, OSError) as e:
@@ -324,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _fail(e, show=True)
         return 0
     finally:
-        if distributed:
-            dist.destroy_process_group()
+        cleanup_distributed()
 
 
 if __name__ == "__main__":
