@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr (rank 0) and exit status 2."""
-    args = build_parser().parse_args(argv)
+    # Intermixed: overrides may come before and after --resume/--print-config.
+    args = build_parser().parse_intermixed_args(argv)
     from scnet.config import ConfigError, format_config, load_config
     from scnet.data.decode import BadImageError
     from scnet.models import CheckpointError

@@ -31,6 +31,7 @@ from ..data.device import DevicePreprocess, build_mixup
 from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
 from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
+from ..models.weights import check_compatible
 from . import checkpoint as ckpt
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
@@ -194,7 +195,17 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
     # Resume: everything that decides the next step.
     start_epoch, step_in_epoch, global_step, best_top1 = 0, 0, 0, -1.0
     if resume_path is not None:
-        state = ckpt.load(resume_path)
+        try:
+            state = ckpt.load(resume_path)
+        except Exception as e:  # noqa: BLE001 - unreadable or unsafe file: one line for the user
+            raise RunError(
+                f"{resume_path}: cannot read checkpoint ({str(e).splitlines()[0] if str(e) else e!r})"
+            ) from e
+        if not isinstance(state, dict) or "model" not in state or "optimizer" not in state:
+            raise RunError(
+                f"{resume_path}: not a training checkpoint of scnet-train (use model.pretrained for weights)"
+            )
+        check_compatible(model, state["model"], str(resume_path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -133,9 +133,15 @@ def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
         ("num_classes", ["model.num_classes=7"], "model.num_classes=7"),
         ("image size", ["data.image_size=64"], "minimum of 97 px"),
         ("other architecture", ["model.pretrained={ckpt}"], "does not fit scnet50"),
+        (
+            "resume other architecture",
+            ["--resume={run}/last.pth", "model.name=scnet50_v1d"],
+            "does not fit scnet50_v1d",
+        ),
+        ("resume a weights file", ["--resume={ckpt}"], "not a training checkpoint"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(demo, tmp_path, capsys, case, extra, message):
+def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, capsys, case, extra, message):
     out = tmp_path / "run"
     ckpt = tmp_path / "resnet.pth"
     if "{ckpt}" in extra[0]:
@@ -143,7 +149,7 @@ def test_bad_input_is_one_line_and_writes_nothing(demo, tmp_path, capsys, case, 
 
         torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), ckpt)
     empty = _make_empty_class(demo, tmp_path) if "{empty}" in extra[0] else None
-    extra = [e.format(tmp=tmp_path, empty=empty, ckpt=ckpt) for e in extra]
+    extra = [e.format(tmp=tmp_path, empty=empty, ckpt=ckpt, run=straight_run) for e in extra]
     code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2
