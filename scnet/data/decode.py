@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,9 +67,3 @@ def load_rgb(source: ImageSource, name: str | None = None) -> torch.Tensor:
     except OSError as e:
         raise BadImageError(label, e.strerror or str(e)) from e
     return decode_rgb(data, label)
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    with Image.open(path) as img:
-        return img.size

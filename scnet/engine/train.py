@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, config_to_dict, dump_config
-from ..data.device import DevicePreprocess, build_mixup
+from ..data.device import DeviceLoader, DevicePreprocess, build_mixup
 from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
 from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
@@ -269,16 +269,14 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-            it = iter(train_loader)
+            it = iter(DeviceLoader(train_loader, info.device, preprocess))
             step = step_in_epoch
             while step < steps_per_epoch:
                 for micro in range(cfg.train.accum_steps):
                     tw = time.perf_counter()
-                    batch = next(it)
+                    images, labels, names = next(it)
                     wait += time.perf_counter() - tw
-                    images = preprocess(batch.images.to(info.device, non_blocking=True))
-                    labels = batch.labels.to(info.device, non_blocking=True)
-                    replaced.update(batch.replaced)
+                    replaced.update(names)
                     if mixup is not None:
                         images, labels = mixup(images, labels)
                     last_micro = micro == cfg.train.accum_steps - 1
