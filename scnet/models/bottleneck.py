@@ -1,12 +1,15 @@
 """The SCNet bottleneck: a ResNet bottleneck whose 3x3 is split into a plain and a self-calibrated half."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
+# and TorchScript must be able to read them there (a traced SC model can be scripted).
+from typing import Final
 
 import torch
+import torch.fx
 from timm.layers import DropPath, create_attn
 from torch import nn
 
-from .fused import batch_norm_group, conv_shared_input, is_plain_bn
+from .fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input
 from .scconv import SCConv, conv_bn
 
 
@@ -19,6 +22,10 @@ class SCBottleneck(nn.Module):
     """
 
     expansion = 4
+    # Whether the two reduction BNs can run as one (stock BatchNorm2d, same settings). TorchScript cannot ask a
+    # module its type at run time, so __prepare_scriptable__ decides it when the block is scripted; as a
+    # Final constant it also keeps the fused code out of blocks whose BNs it cannot handle (e.g. frozen BN).
+    plain_bns: Final[bool]
 
     def __init__(
         self,
@@ -56,20 +63,35 @@ class SCBottleneck(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         # Run the two 1x1 reductions as one kernel (same numbers, same state_dict); see fused.py.
         self.fused = True
+        # Read only by scripted code; set by __prepare_scriptable__ (with the BNs' momentum and eps, which
+        # TorchScript cannot read from the BN submodules).
+        self.plain_bns = True
+        self.bn_momentum = 0.1
+        self.bn_eps = 1e-5
 
     def zero_init_last(self) -> None:
         """Zero the last BN's gamma so the block starts as an identity (Goyal et al., 2017)."""
         nn.init.zeros_(self.bn3.weight)
 
+    def __prepare_scriptable__(self) -> "SCBottleneck":
+        # torch.jit.script calls this on every submodule before compiling it.
+        self.plain_bns = can_fuse_bns(self.bn1_a, self.bn1_b)
+        if self.plain_bns:
+            self.bn_momentum, self.bn_eps = float(self.bn1_a.momentum), float(self.bn1_a.eps)
+        return self
+
     def _fusable(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_scripting():
+            plain = self.plain_bns
+        elif isinstance(x, torch.fx.Proxy):
+            # FX graphs get the layers one by one, as the paper draws them: every node is a module
+            # of the state_dict, which is what feature extraction by node name expects.
+            return False
+        else:
+            plain = can_fuse_bns(self.bn1_a, self.bn1_b)
         # In channels_last, splitting the fused output by channel is a strided gather that costs
         # more than the fusion saves (measured: BENCHMARKS.md), so fuse only NCHW inputs.
-        return (
-            self.fused
-            and not x.is_contiguous(memory_format=torch.channels_last)
-            and is_plain_bn(self.bn1_a)
-            and is_plain_bn(self.bn1_b)
-        )
+        return self.fused and plain and not x.is_contiguous(memory_format=torch.channels_last)
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         """Both branches, concatenated: what the paper draws, one layer per line."""
@@ -79,19 +101,49 @@ class SCBottleneck(nn.Module):
         b = self.relu(self.scconv(b))
         return torch.cat([a, b], dim=1)
 
+    def _reduce_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``cat([bn1_a(conv1_a(x)), bn1_b(conv1_b(x))])`` as one conv and one BN (fusable BNs only)."""
+        bn_a, bn_b = self.bn1_a, self.bn1_b
+        mean_a, mean_b, var_a, var_b = bn_a.running_mean, bn_b.running_mean, bn_a.running_var, bn_b.running_var
+        count_a, count_b = bn_a.num_batches_tracked, bn_b.num_batches_tracked
+        # Plain BNs always have their buffers (_fusable); the asserts tell TorchScript so.
+        assert mean_a is not None and mean_b is not None and var_a is not None and var_b is not None
+        assert count_a is not None and count_b is not None
+        if torch.jit.is_scripting():
+            momentum, eps = self.bn_momentum, self.bn_eps
+        else:
+            momentum, eps = float(bn_a.momentum), float(bn_a.eps)
+        if self.training:
+            count_a.add_(1)
+            count_b.add_(1)
+        y = conv1x1_shared_input(x, [self.conv1_a.weight, self.conv1_b.weight])
+        return batch_norm_group(
+            y,
+            [bn_a.weight, bn_b.weight],
+            [bn_a.bias, bn_b.bias],
+            [mean_a, mean_b],
+            [var_a, var_b],
+            self.training,
+            momentum,
+            eps,
+        )
+
     def _branches_fused(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`_branches`, with the two 1x1 reductions (same input) as one conv + BN."""
-        half = self.bn1_a.num_features
-        ab = self.relu(batch_norm_group(conv_shared_input(x, [self.conv1_a, self.conv1_b]), [self.bn1_a, self.bn1_b]))
+        ab = self.relu(self._reduce_fused(x))
         # split (not slicing) so that backward concatenates the grads instead of zero-filling.
-        a, b = ab.split(half, dim=1)
+        a, b = ab.split(self.bn1_a.num_features, dim=1)
         # relu(cat(a, b)) == cat(relu(a), relu(b)), in place on a fresh tensor.
         return self.relu(torch.cat([self.k1(a), self.scconv(b)], dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
 
-        out = self._branches_fused(x) if self._fusable(x) else self._branches(x)
+        # plain_bns first: a constant False there keeps TorchScript from compiling the fused code at all.
+        if self.plain_bns and self._fusable(x):
+            out = self._branches_fused(x)
+        else:
+            out = self._branches(x)
         if self.avd_layer is not None:
             out = self.avd_layer(out)
         out = self.bn3(self.conv3(out))

@@ -5,11 +5,11 @@ width). Two half-width 1x1 convolutions use a CPU or GPU worse than one full-wid
 the input twice, so the block concatenates their weights at run time and runs one convolution
 and one batch norm. Gradients flow back to the original parameters through ``torch.cat``; BN
 running statistics are written back to each layer. The state_dict is untouched.
+
+The functions take tensors (not modules), so that TorchScript compiles them as they are.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,47 +17,46 @@ from torch import nn
 
 
 def is_plain_bn(module: nn.Module) -> bool:
-    """True for a stock ``BatchNorm2d`` (not SyncBN, frozen or custom norms), which we can fuse."""
-    return type(module) is nn.BatchNorm2d and module.affine and module.track_running_stats
+    """True for a stock ``BatchNorm2d`` (not SyncBN, frozen or custom norms) with an exponential average."""
+    return (
+        type(module) is nn.BatchNorm2d and module.affine and module.track_running_stats and module.momentum is not None
+    )
 
 
-def batch_norm_group(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-    """``torch.cat([bn(part) for bn, part in zip(bns, x.split(...))], 1)`` in one BN call.
+def can_fuse_bns(a: nn.Module, b: nn.Module) -> bool:
+    """True when ``a`` and ``b`` can run as one :func:`batch_norm_group`: plain, same eps and momentum."""
+    return is_plain_bn(a) and is_plain_bn(b) and a.eps == b.eps and a.momentum == b.momentum
+
+
+def batch_norm_group(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    running_means: list[torch.Tensor],
+    running_vars: list[torch.Tensor],
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> torch.Tensor:
+    """One BN over the channels of several BNs laid end to end (``x`` holds their channels in order).
 
     BN is per channel, so concatenating the layers' parameters along the channel axis is exact.
     In training, the batch statistics update a temporary concatenation of the running buffers,
-    which is then copied back into each layer (a few hundred floats).
+    which is then copied back into each layer's buffers (a few hundred floats).
     """
-    first = bns[0]
-    weight = torch.cat([bn.weight for bn in bns])
-    bias = torch.cat([bn.bias for bn in bns])
-    training = first.training
-    with torch.no_grad():
-        mean = torch.cat([bn.running_mean for bn in bns])
-        var = torch.cat([bn.running_var for bn in bns])
-    momentum = first.momentum
+    mean = torch.cat(running_means)
+    var = torch.cat(running_vars)
+    out = F.batch_norm(x, mean, var, torch.cat(weights), torch.cat(biases), training, momentum, eps)
     if training:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)
-        if momentum is None:  # cumulative moving average, as nn.BatchNorm2d does
-            momentum = 1.0 / float(first.num_batches_tracked)
-    out = F.batch_norm(x, mean, var, weight, bias, training, momentum or 0.0, first.eps)
-    if training:
-        with torch.no_grad():
-            start = 0
-            for bn in bns:
-                end = start + bn.num_features
-                bn.running_mean.copy_(mean[start:end])
-                bn.running_var.copy_(var[start:end])
-                start = end
+        start = 0
+        for i in range(len(running_means)):  # an index loop: TorchScript has no zip(strict=...)
+            end = start + running_means[i].shape[0]
+            running_means[i].copy_(mean[start:end])
+            running_vars[i].copy_(var[start:end])
+            start = end
     return out
 
 
-def conv_shared_input(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
-    """``torch.cat([conv(x) for conv in convs], 1)`` as one convolution.
-
-    The convs must share kernel size, stride, padding, dilation and groups, and have no bias.
-    """
-    c = convs[0]
-    weight = torch.cat([conv.weight for conv in convs])
-    return F.conv2d(x, weight, None, c.stride, c.padding, c.dilation, c.groups)
+def conv1x1_shared_input(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat([F.conv2d(x, w) for w in weights], 1)`` as one convolution (1x1, stride 1, no bias)."""
+    return F.conv2d(x, torch.cat(weights))

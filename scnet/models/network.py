@@ -1,18 +1,40 @@
 """The SCNet network: a ResNet-style stem, four stages of SC bottlenecks and a linear head."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
+# and TorchScript must be able to read them there (a traced SC model can be scripted).
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from timm.layers import create_classifier
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from .bottleneck import SCBottleneck
 from .scconv import InputTooSmallError
 
+STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
 STAGE_PLANES = (64, 128, 256, 512)
+
+
+def check_input_size(x: torch.Tensor, min_input_size: int, pooling_r: int) -> torch.Tensor:
+    """Return ``x`` unchanged, or raise :class:`InputTooSmallError` naming the minimum size.
+
+    A plain function wrapped for FX, so tracing keeps it as one node (and, since it returns ``x``, the
+    traced graph still checks its input) instead of failing on a comparison of traced sizes.
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if h < min_input_size or w < min_input_size:
+        raise InputTooSmallError(
+            f"input {h}x{w} is too small: this SCNet needs at least {min_input_size}x{min_input_size} px "
+            f"(its r={pooling_r} pooling in the last stage would be empty)"
+        )
+    return x
+
+
+torch.fx.wrap("check_input_size")
 
 
 def _stem(deep_stem: bool, stem_width: int) -> nn.Module:
@@ -93,6 +115,7 @@ class SCNet(nn.Module):
         # Every stride is a ceil-halving, so the last map is ceil(size / output_stride): it must
         # hold at least one r x r pooling window.
         self.min_input_size = (pooling_r - 1) * output_stride + 1
+        self.pooling_r = pooling_r
 
         stem_chs = stem_width * 2 if deep_stem else 64
         self.conv1 = _stem(deep_stem, stem_width)
@@ -190,24 +213,81 @@ class SCNet(nn.Module):
 
     def check_input_size(self, x: torch.Tensor) -> None:
         """Fail with a clear message when ``x`` is too small for the r=4 pooling of the last stage."""
-        h, w = x.shape[-2:]
-        if min(h, w) < self.min_input_size:
-            raise InputTooSmallError(
-                f"input {h}x{w} is too small: this SCNet needs at least "
-                f"{self.min_input_size}x{self.min_input_size} px (its r=4 pooling in the last stage "
-                f"would be empty)"
-            )
+        check_input_size(x, self.min_input_size, self.pooling_r)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and the four stages; returns the last feature map (N, num_features, H/32, W/32)."""
-        self.check_input_size(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        x = check_input_size(x, self.min_input_size, self.pooling_r)
+        x = self.maxpool(self._stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(stages, x, flatten=True)
-        for stage in stages:
-            x = stage(x)
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        # One line per stage (not a loop over a list): TorchScript cannot call a list of different modules.
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
         return x
+
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The feature maps at ``indices`` (timm's API: 0 = stem, 1-4 = stages; an int n = the last n).
+
+        Args:
+            x: images (N, 3, H, W).
+            indices: which of the 5 feature maps (``feature_info``) to return; None = all.
+            norm: accepted for timm's API; SCNet has no final norm, so features are returned as they are.
+            stop_early: do not run the stages after the last requested one.
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of feature maps.
+
+        Returns:
+            ``(final features, [feature maps])``, or just the list with ``intermediates_only``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        x = check_input_size(x, self.min_input_size, self.pooling_r)
+        x = self._stem(x)
+        intermediates = [x] if 0 in take else []
+        x = self.maxpool(x)
+        for i, name in enumerate(STAGE_NAMES[:last] if stop_early else STAGE_NAMES, start=1):
+            stage = getattr(self, name)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages (and head) that the feature maps at ``indices`` do not need; returns the indices kept.
+
+        Pruned stages become empty ``nn.Sequential`` modules; ``feature_info`` is left as it is. When the
+        last stage goes, ``num_features`` becomes the last kept map's width and the head is removed.
+        ``prune_norm`` is accepted for timm's API (there is no final norm).
+        """
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        for name in STAGE_NAMES[last:]:
+            setattr(self, name, nn.Sequential())
+        if last == 0:
+            self.maxpool = nn.Identity()
+        if last < len(STAGE_NAMES):
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or last < len(STAGE_NAMES):
+            self.reset_classifier(0, "")
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global pool, optional dropout and the classifier."""

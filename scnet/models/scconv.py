@@ -1,14 +1,40 @@
 """Self-calibrated convolution (SCConv), the core operator of SCNet (Liu et al., CVPR 2020)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
+# and TorchScript must be able to read them there (a traced SC model can be scripted).
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 
 class InputTooSmallError(ValueError):
     """Raised when an input is too small for SCConv's r=4 average pooling."""
+
+
+def check_feature_size(x: torch.Tensor, pooling_r: int, min_input_size: int) -> torch.Tensor:
+    """Return ``x`` unchanged, or raise :class:`InputTooSmallError` if it cannot hold one ``r x r`` pool window.
+
+    ``min_input_size`` (0 = unknown) is the network input size that would have been enough; it only
+    makes the message useful. Returning ``x`` keeps the check in FX graphs (dead-code elimination
+    removes calls whose result nobody uses).
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    if h < pooling_r or w < pooling_r:
+        hint = f" (network inputs of at least {min_input_size} px)" if min_input_size > 0 else ""
+        raise InputTooSmallError(f"SCConv needs a feature map of at least {pooling_r}x{pooling_r}{hint}, got {h}x{w}")
+    return x
+
+
+def upsample_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` resized (nearest) to the spatial size of ``x``, as the release does it."""
+    return F.interpolate(y, size=x.shape[-2:], mode="nearest")
+
+
+# Shape-dependent code stays a single call in FX graphs (symbolic_trace, torchvision's
+# create_feature_extractor, timm's FeatureGraphNet): a Python `if` on a traced size would stop the tracer.
+torch.fx.wrap("check_feature_size")
+torch.fx.wrap("upsample_like")
 
 
 def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -57,14 +83,8 @@ class SCConv(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The calibration weights ``sigmoid(x + up(k2(avgpool_r(x))))``."""
-        h, w = x.shape[-2:]
-        if h < self.pooling_r or w < self.pooling_r:
-            hint = f" (network inputs of at least {self.min_input_size} px)" if self.min_input_size else ""
-            raise InputTooSmallError(
-                f"SCConv needs a feature map of at least {self.pooling_r}x{self.pooling_r}{hint}, got {h}x{w}"
-            )
-        context = F.interpolate(self.k2(x), size=(h, w), mode="nearest")
-        return (x + context).sigmoid_()
+        x = check_feature_size(x, self.pooling_r, self.min_input_size)
+        return (x + upsample_like(self.k2(x), x)).sigmoid_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.k4(self.k3(x) * self.gate(x))

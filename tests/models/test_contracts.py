@@ -1,0 +1,348 @@
+"""The model contracts of the timm/torchvision ecosystem, for every SC name, in train and eval mode.
+
+TorchScript, FX tracing (torch.fx, torchvision's feature extraction, timm's FeatureGraphNet),
+``forward_intermediates`` / ``prune_intermediate_layers`` as on timm's ResNet, ``min_input_size``,
+``torch.compile(fullgraph=True)`` and ``torch.export``. Inputs sit just above the minimum size
+(97 px) so the suite stays fast; weights and BN statistics are random, so a mis-wired path shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
+from torchvision.models.feature_extraction import create_feature_extractor
+
+import scnet
+from scnet.models import SCConv
+
+from ..utils import EXPECTED_BASELINES, is_deep, randomize_
+
+NAMES = list(EXPECTED_BASELINES)
+MODES = ["train", "eval"]
+SIZE = 100  # just above the minimum, and not a multiple of 32: every stride rounds
+NUM_CLASSES = 7
+# Each feature map's node/module name, as feature_info declares it.
+FEATURE_NODES = ("relu", "layer1", "layer2", "layer3", "layer4")
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:FutureWarning",
+    "ignore:`torch.jit.script_method` is deprecated:FutureWarning",
+    # Raised by TorchScript about torch.fx.GraphModule's own __init__ when a traced module is scripted.
+    "ignore:The TorchScript type system doesn't support instance-level annotations:UserWarning",
+)
+
+
+def _param(name: str):
+    return pytest.param(name, marks=pytest.mark.slow) if is_deep(name) else name
+
+
+PARAMS = [_param(n) for n in NAMES]
+
+
+def _model(name: str, mode: str = "eval", **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = randomize_(scnet.create_model(name, num_classes=NUM_CLASSES, **kwargs), seed=1)
+    return model.train(mode == "train")
+
+
+def _input(size: int = SIZE, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(3))
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, msg: str = "") -> None:
+    """Equal up to float32 rounding, relative to the tensor's scale (gradients of random weights reach 100s):
+    fused and layer-by-layer paths, or other kernels, add in other orders."""
+    scale = max(float(want.detach().abs().max()), 1.0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * scale, msg=msg)
+
+
+def _conv_calls(fn, *args) -> int:
+    """How many convolutions one call of ``fn`` runs (counted by the profiler, so scripted code counts too)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.no_grad():
+            fn(*args)
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::convolution")
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+# ----------------------------------------------------------------------------------------------- TorchScript
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", PARAMS)
+def test_torchscript_gives_the_eager_outputs(name, mode):
+    eager = _model(name, mode)
+    scripted = torch.jit.script(copy.deepcopy(eager))
+    x = _input()
+    _close(scripted(x), eager(x))
+    if mode == "train":  # the fused BN's running statistics are written back in scripted code too
+        want, got = _bn_buffers(eager), _bn_buffers(scripted)
+        for key in want:
+            _close(got[key].double(), want[key].double(), msg=key)
+
+
+def test_torchscript_runs_the_fused_reductions():
+    """Scripted code takes the fused 1x1 path (one conv for both reductions), not the layer-by-layer one."""
+    model = _model("scnet50")
+    plain = copy.deepcopy(model)
+    plain.set_fused(False)
+    x = _input()
+    fused_calls, plain_calls = _conv_calls(model, x), _conv_calls(plain, x)
+    assert fused_calls == plain_calls - 16  # one conv fewer in each of the 16 blocks
+    assert _conv_calls(torch.jit.script(model), x) == fused_calls
+    # A frozen BN cannot be fused: scripted code must see it, as eager code does.
+    frozen = freeze_batch_norm_2d(copy.deepcopy(model)).eval()
+    assert _conv_calls(frozen, x) == plain_calls
+    assert _conv_calls(torch.jit.script(frozen), x) == plain_calls
+
+
+# ----------------------------------------------------------------------------------------------- FX
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", PARAMS)
+def test_fx_trace_forward_backward_and_script(name, mode):
+    # float64: the traced graph runs the reductions layer by layer, eager code fused; gradients of random
+    # weights are large, and float32 rounding would hide a real difference or invent one.
+    eager = _model(name, mode).double()
+    traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    x = _input().double()
+    y = torch.randint(0, NUM_CLASSES, (2,), generator=torch.Generator().manual_seed(4))
+    for model in (eager, traced):
+        F.cross_entropy(model(x), y).backward()
+    # A GraphModule holds the modules in the order the graph first uses them: match gradients by name.
+    traced_params = dict(traced.named_parameters())
+    assert traced_params.keys() == dict(eager.named_parameters()).keys()
+    for key, want in eager.named_parameters():
+        torch.testing.assert_close(traced_params[key].grad, want.grad, rtol=1e-9, atol=1e-9, msg=key)
+    torch.testing.assert_close(torch.jit.script(traced)(x), eager(x), rtol=1e-9, atol=1e-9)
+    # The size check is a node of the graph: the traced module refuses small inputs as eager code does.
+    with pytest.raises(scnet.InputTooSmallError, match=r"(?<!\d)97(?!\d)"):
+        traced(_input(96).double())
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_torchvision_feature_extractor(name):
+    model = _model(name, "train")
+    extractor = create_feature_extractor(model, return_nodes={n: n for n in FEATURE_NODES})
+    x = _input()
+    features = extractor(x)
+    with torch.no_grad():
+        want = model.eval().forward_intermediates(x, intermediates_only=True)
+    extractor.eval()
+    got = extractor(x)
+    for node, w in zip(FEATURE_NODES, want, strict=True):
+        _close(got[node], w, msg=node)
+    scripted = torch.jit.script(extractor)
+    for node, w in zip(FEATURE_NODES, want, strict=True):
+        _close(scripted(x)[node], w, msg=node)
+    # Backward through every map (the extractor was in train mode for this one).
+    sum(f.mean() for f in features.values()).backward()
+    assert all(p.grad is not None for p in extractor.parameters())
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_feature_info_is_the_same_for_every_feature_class(name):
+    """timm's five wrappers, and scnet.create_model(features_only=True), report one feature_info and one output."""
+    x = _input()
+    reference = scnet.create_model(name, features_only=True).eval()
+    info = reference.feature_info
+    assert info.module_name() == list(FEATURE_NODES)
+    with torch.no_grad():
+        want = reference(x)
+        for feature_cls in ("list", "dict", "hook", "getter", "fx"):
+            torch.manual_seed(0)
+            wrapped = timm.create_model(name, features_only=True, feature_cls=feature_cls).eval()
+            assert wrapped.feature_info.channels() == info.channels(), feature_cls
+            assert wrapped.feature_info.reduction() == info.reduction(), feature_cls
+            assert wrapped.feature_info.module_name() == info.module_name(), feature_cls
+            out = wrapped(x)
+            out = list(out.values()) if isinstance(out, dict) else out
+            assert [tuple(o.shape) for o in out] == [tuple(w.shape) for w in want], feature_cls
+
+
+def test_feature_classes_compute_the_same_maps(tmp_path):
+    """Beyond shapes: the fx and getter wrappers of one weights file give the maps of the list wrapper."""
+    torch.manual_seed(0)
+    weights = tmp_path / "scnet50.pth"
+    torch.save(randomize_(scnet.create_model("scnet50"), seed=1).state_dict(), weights)
+    x = _input()
+    outputs = {}
+    for feature_cls in ("list", "getter", "fx"):
+        model = timm.create_model(
+            "scnet50",
+            features_only=True,
+            feature_cls=feature_cls,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(weights)),
+        ).eval()
+        with torch.no_grad():
+            outputs[feature_cls] = model(x)
+    for feature_cls in ("getter", "fx"):
+        for got, want in zip(outputs[feature_cls], outputs["list"], strict=True):
+            _close(got, want, msg=feature_cls)
+
+
+# ----------------------------------------------------------------------------------------------- input size
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_min_input_size_is_declared_and_true(name):
+    model = _model(name)
+    declared = model.pretrained_cfg["min_input_size"]
+    minimum = declared[-1]
+    assert declared == (3, minimum, minimum)
+    with torch.no_grad():
+        assert model.forward_features(_input(minimum)).shape[-2:] == (4, 4)  # ceil(97 / 32): one r=4 window
+        with pytest.raises(scnet.InputTooSmallError, match=rf"(?<!\d){minimum}(?!\d)"):
+            model.forward_features(_input(minimum - 1))
+        for feature_cls in ("list", "getter", "fx"):
+            features = timm.create_model(name, features_only=True, feature_cls=feature_cls).eval()
+            assert features.pretrained_cfg["min_input_size"] == declared
+            assert features(_input(minimum))[-1].shape[-2:] == (4, 4), feature_cls
+
+
+# ----------------------------------------------------------------------------------------------- intermediates
+
+
+INTERMEDIATE_CALLS = [
+    {},
+    {"indices": 2},
+    {"indices": [0, 2]},
+    {"indices": [-1], "stop_early": True},
+    {"indices": [1], "stop_early": True, "intermediates_only": True},
+    {"indices": (0, 3), "norm": True, "output_fmt": "NCHW"},
+]
+
+
+def _shapes(out) -> object:
+    if isinstance(out, list):
+        return [tuple(t.shape) for t in out]
+    return tuple(out[0].shape), _shapes(out[1])
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_forward_intermediates_like_timm_resnet(name):
+    """Same outputs (count, order, shapes) as the timm baseline for the same call; values from our own forward."""
+    model = _model(name)
+    baseline = timm.create_model(EXPECTED_BASELINES[name], num_classes=NUM_CLASSES).eval()
+    x = _input()
+    with torch.no_grad():
+        for kwargs in INTERMEDIATE_CALLS:
+            assert _shapes(model.forward_intermediates(x, **kwargs)) == _shapes(
+                baseline.forward_intermediates(x, **kwargs)
+            ), kwargs
+        final, maps = model.forward_intermediates(x)
+        _close(final, model.forward_features(x))
+        _close(maps[-1], final)
+        _close(model.forward_head(final), model(x))
+        stopped, early = model.forward_intermediates(x, indices=[1], stop_early=True)
+        _close(early[0], maps[1])
+        _close(stopped, maps[1])  # nothing ran after the last requested stage
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+    with pytest.raises(scnet.InputTooSmallError):
+        model.forward_intermediates(_input(96))
+
+
+@pytest.mark.parametrize("indices", [1, [1, 2], [0], (0, 4), 4])
+@pytest.mark.parametrize("name", PARAMS)
+def test_prune_intermediate_layers_like_timm_resnet(name, indices):
+    model = _model(name)
+    baseline = timm.create_model(EXPECTED_BASELINES[name], num_classes=NUM_CLASSES).eval()
+    x = _input()
+    with torch.no_grad():
+        want = model.forward_intermediates(x, intermediates_only=True)
+        kept = model.prune_intermediate_layers(indices)
+        assert kept == baseline.prune_intermediate_layers(indices)
+        assert (model.num_features, model.num_classes) == (baseline.num_features, baseline.num_classes)
+        got = model.forward_intermediates(x, indices=kept, intermediates_only=True)
+        for i, g in zip(kept, got, strict=True):
+            _close(g, want[i], msg=str(i))
+        assert model(x).shape == baseline(x).shape  # no head: the last kept map
+    if max(kept) < 4:
+        assert not any(p.numel() for p in model.layer4.parameters())
+
+
+# ----------------------------------------------------------------------------------------------- compile / export
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_fullgraph(name, mode):
+    """No graph break (fullgraph=True raises on one). Train: forward and backward through AOTAutograd
+    (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen)."""
+    torch._dynamo.reset()
+    eager = _model(name, mode)
+    compiled_copy = copy.deepcopy(eager)
+    backend = "aot_eager" if mode == "train" else "eager"
+    compiled = torch.compile(compiled_copy, fullgraph=True, backend=backend)
+    x = _input()
+    got, want = compiled(x), eager(x)
+    _close(got, want)
+    if mode == "train":
+        got.sum().backward()
+        want.sum().backward()
+        for (key, p), (_, q) in zip(compiled_copy.named_parameters(), eager.named_parameters(), strict=True):
+            _close(p.grad, q.grad, msg=key)
+        for key, value in _bn_buffers(eager).items():
+            _close(_bn_buffers(compiled_copy)[key].double(), value.double(), msg=key)
+
+
+@pytest.mark.slow
+def test_compile_inductor_block_train_step():
+    """The default backend (inductor, C++ codegen on CPU) on one strided SC block, forward and backward:
+    the fused reductions with their BN write-back, SCConv's pooling, upsampling and gating. (A whole
+    SCNet-50 takes about 3 minutes to compile on 2 cores; its graphs are those checked above.)"""
+    torch._dynamo.reset()
+    block = randomize_(_model("scnet50", "train").layer2[0], seed=2)
+    compiled_copy = copy.deepcopy(block)
+    compiled = torch.compile(compiled_copy, fullgraph=True)
+    x = torch.randn(2, 256, 24, 24, generator=torch.Generator().manual_seed(5))
+    got, want = compiled(x), block(x)
+    _close(got, want)
+    got.sum().backward()
+    want.sum().backward()
+    for (key, p), (_, q) in zip(compiled_copy.named_parameters(), block.named_parameters(), strict=True):
+        _close(p.grad, q.grad, msg=key)
+    for key, value in _bn_buffers(block).items():
+        _close(_bn_buffers(compiled_copy)[key].double(), value.double(), msg=key)
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_torch_export_equals_eager(name):
+    model = _model(name)
+    x = _input()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        _close(program.module()(x), model(x))
+        _close(program.module()(_input(batch=2) * 0.5), model(_input(batch=2) * 0.5))
+
+
+# ----------------------------------------------------------------------------------------------- SCConv alone
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scconv_alone_scripts_and_traces(mode):
+    """The operator by itself (as other networks would use it) keeps the contracts too."""
+    conv = randomize_(SCConv(8, stride=2), seed=3).train(mode == "train")
+    x = torch.randn(2, 8, 13, 11, generator=torch.Generator().manual_seed(6))
+    want = copy.deepcopy(conv)(x)
+    _close(torch.jit.script(copy.deepcopy(conv))(x), want)
+    traced = torch.fx.symbolic_trace(copy.deepcopy(conv))
+    _close(traced(x), want)
+    _close(torch.jit.script(traced)(x), want)
+    with pytest.raises(scnet.InputTooSmallError):
+        traced(x[..., :3])
