@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import typing
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -17,6 +19,18 @@ from .decode import BadImageError, load_rgb
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif")
 # How many other samples to try before a run of bad files is an error rather than bad luck.
 MAX_REPLACEMENTS = 10
+
+BadImages = Literal["replace", "skip", "raise"]
+"""What a reader does with a file that does not decode: ``replace`` it by another sample (training: the
+batch stays full), ``skip`` it (evaluation: an item without image, so nothing is counted twice), or
+``raise`` :class:`~scnet.data.decode.BadImageError` naming it."""
+BAD_IMAGE_POLICIES: tuple[str, ...] = typing.get_args(BadImages)
+
+
+def check_bad_images(policy: str) -> None:
+    """Raise ValueError unless ``policy`` is one of :data:`BAD_IMAGE_POLICIES`."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}")
 
 
 def _class_dirs(root: Path) -> list[str]:
@@ -35,12 +49,20 @@ def _images_in(folder: Path) -> list[str]:
     return files
 
 
-def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+def class_folder_names(root: Path) -> list[str]:
+    """The sorted class folder names of an ImageFolder split (its class list when nothing else gives one)."""
+    return sorted(_class_dirs(Path(root)))
+
+
+def scan_image_folder(
+    root: Path, classes: Sequence[str] | None = None, source: str = "the class list"
+) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (index = position) and ``(path, label)`` samples of an ImageFolder tree.
 
     Classes are the sorted folder names (wnid order, the convention of ImageNet checkpoints), unless
     ``classes`` gives the full list: then a split that lacks some class folders (a partial val set)
-    keeps the same indices as the full set, and a folder outside the list is an error.
+    keeps the same indices as the full set, and a folder outside the list is an error naming it and
+    ``source`` (where the list came from).
     """
     root = Path(root)
     present = _class_dirs(root)
@@ -49,7 +71,9 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> tuple
     else:
         unknown = sorted(set(present) - set(classes))
         if unknown:
-            raise ValueError(f"{root}: class folder {unknown[0]!r} is not in the class list")
+            raise ValueError(
+                f"{root / unknown[0]}: class folder {unknown[0]!r} is not in {source} ({len(classes)} classes)"
+            )
     classes = list(classes)
     present_set = set(present)
     samples = [
@@ -66,10 +90,14 @@ def read_class_list(root: Path) -> list[str] | None:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def scan_imagenet_v2(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_imagenet_v2(
+    root: Path, classes: Sequence[str] | None = None, source: str = "the class list"
+) -> tuple[list[str], list[tuple[str, int]]]:
     """ImageNet-V2: folders ``0`` .. ``999`` whose *number* is the class index.
 
-    A string sort would put ``10`` before ``2`` and silently mislabel 990 of 1000 classes.
+    A string sort would put ``10`` before ``2`` and silently mislabel 990 of 1000 classes. With
+    ``classes`` (the model's list, from ``source``), the labels keep their numbers, each checked to be
+    an index into that list, which is returned as the classes.
     """
     root = Path(root)
     names = _class_dirs(root)
@@ -77,8 +105,13 @@ def scan_imagenet_v2(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if bad:
         raise ValueError(f"{root}: not an ImageNet-V2 folder (non-numeric class folder {bad[0]!r})")
     numbered = sorted(names, key=int)
+    if classes is not None and int(numbered[-1]) >= len(classes):
+        raise ValueError(
+            f"{root / numbered[-1]}: ImageNet-V2 class folder {numbered[-1]!r} is not an index into "
+            f"{source} ({len(classes)} classes)"
+        )
     samples = [(str(root / n / f), int(n)) for n in numbered for f in _images_in(root / n)]
-    return numbered, samples
+    return (numbered if classes is None else list(classes)), samples
 
 
 def is_imagenet_v2(root: Path) -> bool:
@@ -127,9 +160,13 @@ class ImageFolderDataset(Dataset):
     Indices may be plain ints or ``(index, epoch)`` pairs (from :class:`scnet.data.loader.EpochSampler`);
     with a pair, the global RNGs are seeded from ``(seed, epoch, index)`` before the transform.
 
-    Items are ``(image, label, replaced)``: ``replaced`` names the bad files that this sample stands in
-    for (empty almost always). A bad file is replaced by the next good sample, or raises
-    :class:`BadImageError` naming the file when ``strict``.
+    Items are ``(image, label, names)``. What a bad file does depends on ``bad_images``:
+
+    - ``"replace"`` (training): the next good sample stands in; ``names`` are the bad files it replaces
+      (empty almost always).
+    - ``"skip"`` (evaluation): the item is ``(None, label, (path,))``, a sample without image, which
+      :func:`scnet.data.loader.collate` leaves out of the batch and reports as skipped.
+    - ``"raise"``: :class:`BadImageError` naming the file.
     """
 
     def __init__(
@@ -137,13 +174,14 @@ class ImageFolderDataset(Dataset):
         samples: Sequence[tuple[str, int]],
         classes: Sequence[str],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        strict: bool = False,
+        bad_images: BadImages = "replace",
         seed: int = 0,
     ) -> None:
+        check_bad_images(bad_images)
         self.samples = list(samples)
         self.classes = list(classes)
         self.transform = transform
-        self.strict = strict
+        self.bad_images = bad_images
         self.seed = seed
 
     def __len__(self) -> int:
@@ -158,8 +196,10 @@ class ImageFolderDataset(Dataset):
                 image = load_rgb(path)
                 break
             except BadImageError:
-                if self.strict:
+                if self.bad_images == "raise":
                     raise
+                if self.bad_images == "skip":
+                    return None, label, (path,)
                 replaced.append(path)
         else:
             raise BadImageError(replaced[0], f"it and the next {MAX_REPLACEMENTS} samples are all unreadable")

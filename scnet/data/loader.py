@@ -16,7 +16,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .folders import ImageFolderDataset, is_imagenet_v2, read_class_list, scan_image_folder, scan_imagenet_v2
+from .folders import (
+    BadImages,
+    ImageFolderDataset,
+    check_bad_images,
+    is_imagenet_v2,
+    read_class_list,
+    scan_image_folder,
+    scan_imagenet_v2,
+)
 
 
 def dist_info() -> tuple[int, int]:
@@ -30,27 +38,46 @@ def build_dataset(
     root: Path,
     split: str,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    strict: bool = False,
+    bad_images: BadImages = "replace",
     seed: int = 0,
     shuffle: bool = False,
+    classes: Sequence[str] | None = None,
+    classes_from: str = "the class list",
 ) -> Dataset:
     """The dataset for ``root/split``: WebDataset-style shards (an ``index.json``), an ImageNet-V2
-    folder (numeric class folders), or an ImageFolder tree (class index = position in
-    ``root/classes.txt`` when present, else in the sorted folder names)."""
+    folder (numeric class folders), or an ImageFolder tree.
+
+    Class index = position in ``classes`` when given (e.g. the training split's list for its val split,
+    or a checkpoint's: shard labels are mapped by class name, a class folder or shard class outside the
+    list is an error naming it and ``classes_from``), else in ``root/classes.txt`` when present, else in
+    the split's own sorted folder names (shards: their index's list). ImageNet-V2 folders keep their
+    numbers as indices. ``bad_images`` says what a file that does not decode does (see
+    :data:`~scnet.data.folders.BadImages`): ``"replace"`` for training, ``"skip"`` for evaluation.
+    """
+    check_bad_images(bad_images)
     folder = Path(root) / split
     if (folder / "index.json").is_file():
         from .shards import ShardDataset
 
         return ShardDataset(
-            folder, transform=transform, shuffle=shuffle, seed=seed, strict=strict, equal_per_rank=shuffle
+            folder,
+            transform=transform,
+            shuffle=shuffle,
+            seed=seed,
+            bad_images=bad_images,
+            equal_per_rank=shuffle,
+            classes=classes,
+            classes_from=classes_from,
         )
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such data folder (expected {root}/{split}/<class>/<images> or shards)")
     if is_imagenet_v2(folder):
-        classes, samples = scan_imagenet_v2(folder)
+        classes, samples = scan_imagenet_v2(folder, classes, classes_from)
+    elif classes is not None:
+        classes, samples = scan_image_folder(folder, classes, classes_from)
     else:
-        classes, samples = scan_image_folder(folder, read_class_list(root))
-    return ImageFolderDataset(samples, classes, transform=transform, strict=strict, seed=seed)
+        classes, samples = scan_image_folder(folder, read_class_list(root), str(Path(root) / "classes.txt"))
+    return ImageFolderDataset(samples, classes, transform=transform, bad_images=bad_images, seed=seed)
 
 
 class EpochSampler(Sampler):
@@ -109,15 +136,17 @@ class EpochSampler(Sampler):
 
 @dataclass
 class Batch:
-    """A collated batch: uint8 images (N, 3, H, W), int64 labels, and the bad files replaced in it."""
+    """A collated batch: uint8 images (N, 3, H, W), int64 labels, the bad files replaced in it, and the
+    bad files skipped (left out of it: N may be 0)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pin-memory thread."""
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.replaced)
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.replaced, self.skipped)
 
 
 class ReplacedLog:
@@ -135,20 +164,39 @@ class ReplacedLog:
         if not self.names:
             return ""
         unique = sorted(set(self.names))
-        shown = ", ".join(unique[:limit]) + (f" and {len(unique) - limit} more" if len(unique) > limit else "")
-        return f"{len(self.names)} bad samples replaced ({len(unique)} files): {shown}"
+        return f"{len(self.names)} bad samples replaced ({len(unique)} files): {_first_names(unique, limit)}"
 
     def reset(self) -> None:
         """Start a new epoch."""
         self.names.clear()
 
 
-def collate(items: Sequence[tuple[torch.Tensor, int, tuple[str, ...]]]) -> Batch:
-    """Stack ``(image, label, replaced)`` items into a :class:`Batch`."""
-    images = torch.stack([it[0] for it in items])
-    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
-    replaced = [name for it in items for name in it[2]]
-    return Batch(images, labels, replaced)
+def _first_names(names: Sequence[str], limit: int) -> str:
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def skipped_summary(names: Sequence[str], limit: int = 5) -> str:
+    """One line for the bad files an evaluation skipped (left out of its counts); empty when none."""
+    if not names:
+        return ""
+    unique = sorted(set(names))
+    return f"{len(unique)} unreadable file(s) skipped, not counted: {_first_names(unique, limit)}"
+
+
+def collate(items: Sequence[tuple[torch.Tensor | None, int, tuple[str, ...]]]) -> Batch:
+    """Stack ``(image, label, names)`` items into a :class:`Batch`.
+
+    An item without image is a bad file skipped by its reader (``bad_images="skip"``): it is left out of
+    the images and labels, and its names go to ``Batch.skipped``; other items' names were replaced.
+    """
+    good = [it for it in items if it[0] is not None]
+    # With every item skipped, an empty batch (its pixel size is unknown, and nothing will read it).
+    images = torch.stack([it[0] for it in good]) if good else torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
+    labels = torch.tensor([it[1] for it in good], dtype=torch.int64)
+    replaced = [name for it in good for name in it[2]]
+    skipped = [name for it in items if it[0] is None for name in it[2]]
+    return Batch(images, labels, replaced, skipped)
 
 
 def build_loader(

@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from .decode import BadImageError, decode_rgb
-from .folders import scan_image_folder
+from .folders import BadImages, check_bad_images, class_folder_names, read_class_list, scan_image_folder
 
 FORMAT_VERSION = 1
 INDEX = "index.json"
@@ -72,9 +72,14 @@ def _sanitise(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-def _plan_split(split_dir: Path) -> tuple[list[str], list[_Source]]:
-    """Classes and the samples of an ImageFolder split, in sorted order, with unique, stable keys."""
-    classes, samples = scan_image_folder(split_dir)  # ValueError naming the folder if missing or empty
+def _plan_split(split_dir: Path, classes: list[str] | None, source: str) -> tuple[list[str], list[_Source]]:
+    """Classes and the samples of an ImageFolder split, in sorted order, with unique, stable keys.
+
+    ``classes`` (from ``source``) is the dataset's class list, the same for every split; None: the
+    split's own sorted folders.
+    """
+    # ValueError naming the folder if missing or empty, or a class folder outside the list.
+    classes, samples = scan_image_folder(split_dir, classes, source)
     sources, seen = [], set()
     for path, label in samples:
         p = Path(path)
@@ -135,19 +140,25 @@ def _write_shard(path: Path, sources: Sequence[_Source], bar: tqdm) -> None:
 
 
 def _shard_is_complete(path: Path, sources: Sequence[_Source]) -> bool:
-    """True when the tar at ``path`` holds exactly the planned members, in order, all within the file.
+    """True when the tar at ``path`` holds exactly the planned members, in order, all within the file,
+    with the planned labels.
 
-    Names only (headers are read, data is seeked over): stat-ing every source again would cost as much as
-    a network file system charges for reading it.
+    Names and labels only (headers and the few bytes of each .cls are read, image data is seeked over):
+    stat-ing every source again would cost as much as a network file system charges for reading it. The
+    labels are read because a key names its class, not its index: a shard written under another class
+    list (e.g. a val split indexed on its own) has the right names and the wrong labels.
     """
     expected = [name for s in sources for name in s.members]
+    labels = [str(s.label).encode("ascii") for s in sources]
     try:
         size = path.stat().st_size
         with tarfile.open(path, mode="r:") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
+            if [m.name for m in members] != expected or any(m.offset_data + m.size > size for m in members):
+                return False
+            return [tar.extractfile(m).read() for m in members[1::2]] == labels
     except (OSError, tarfile.TarError):
         return False
-    return [m.name for m in members] == expected and all(m.offset_data + m.size <= size for m in members)
 
 
 def _idle_for(path: Path, now: float) -> float:
@@ -171,9 +182,15 @@ def _remove_stale(folder: Path, split: str, num_shards: int) -> None:
 
 
 def _write_split(
-    split_dir: Path, out: Path, split: str, shard_size: int, seed: int, progress: bool
+    split_dir: Path,
+    out: Path,
+    split: str,
+    shard_size: int,
+    seed: int,
+    progress: bool,
+    class_list: tuple[list[str] | None, str] = (None, ""),
 ) -> dict[str, object]:
-    classes, sources = _plan_split(split_dir)
+    classes, sources = _plan_split(split_dir, *class_list)
     if split == "train":
         random.Random(seed).shuffle(sources)  # so every shard, and every shuffle buffer, mixes classes
     chunks = [sources[i : i + shard_size] for i in range(0, len(sources), shard_size)]
@@ -212,6 +229,17 @@ def _read_json(path: Path) -> object:
         return None
 
 
+def _class_list(data: Path) -> tuple[list[str] | None, str]:
+    """The class list every split is indexed by, and where it comes from: ``data/classes.txt`` when
+    present, else the sorted class folders of ``data/train``; ``(None, "")`` when neither exists."""
+    listed = read_class_list(data)
+    if listed is not None:
+        return listed, str(data / "classes.txt")
+    if (data / "train").is_dir():
+        return class_folder_names(data / "train"), f"the class folders of {data / 'train'}"
+    return None, ""
+
+
 def make_shards(
     data: Path,
     out: Path,
@@ -222,10 +250,13 @@ def make_shards(
 ) -> dict[str, dict]:
     """Write ``data/<split>/<class>/<file>`` as tar shards ``out/<split>/<split>-NNNNNN.tar`` plus ``index.json``.
 
-    Class index = position of the class folder in sorted order (as ImageFolder). Train samples are
-    shuffled across shards with ``seed``; other splits keep sorted order. Resumable: complete shards
-    are kept. Returns ``{split: index}``; raises ValueError naming the path for a missing data folder,
-    a split without class folders, or an empty class folder.
+    Class index = position in ``data/classes.txt`` when present, else in the sorted class folders of
+    ``data/train``, for every split: a val split that lacks a class keeps the training indices (and a
+    val class folder outside that list is an error naming it). Without either, a split's own sorted
+    folders. Train samples are shuffled across shards with ``seed``; other splits keep sorted order.
+    Resumable: complete shards (same members, same labels) are kept. Returns ``{split: index}``; raises
+    ValueError naming the path for a missing data folder, a split without class folders, or an empty
+    class folder.
     """
     data, out = Path(data), Path(out)
     if shard_size < 1:
@@ -236,7 +267,11 @@ def make_shards(
     for split in splits:
         if not (data / split).is_dir():
             raise ValueError(f"{data / split}: no such split folder")
-    return {split: _write_split(data / split, out / split, split, shard_size, seed, progress) for split in splits}
+    class_list = _class_list(data)
+    return {
+        split: _write_split(data / split, out / split, split, shard_size, seed, progress, class_list)
+        for split in splits
+    }
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -266,6 +301,15 @@ def _split_key(member_name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def _label_map(shard_classes: list[str], classes: list[str], index: Path, classes_from: str) -> list[int]:
+    """For each class of a shard index, its position in ``classes``; a class not there is a ValueError."""
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in shard_classes if name not in position]
+    if unknown:
+        raise ValueError(f"{index}: class {unknown[0]!r} is not in {classes_from} ({len(classes)} classes)")
+    return [position[name] for name in shard_classes]
+
+
 def _default_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -279,10 +323,16 @@ def _worker_quotas(total: int, num_workers: int) -> list[int]:
 
 
 class ShardDataset(IterableDataset):
-    """Samples ``(image, label, replaced)`` from the shards of one split (a folder with ``index.json``).
+    """Samples ``(image, label, names)`` from the shards of one split (a folder with ``index.json``).
 
-    ``image`` is ``transform(decode_rgb(bytes))`` (the uint8 3xHxW tensor without a transform);
-    ``replaced`` names (``shard:key``) the bad samples skipped in place of this one, usually ``()``.
+    ``image`` is ``transform(decode_rgb(bytes))`` (the uint8 3xHxW tensor without a transform). A bad
+    sample (named ``shard:key``) follows ``bad_images``: ``"replace"`` (training) leaves it out and names
+    it in the next sample's ``names`` (the bad samples it stands in for, usually ``()``); ``"skip"``
+    (evaluation) yields it as ``(None, label, (name,))``, a sample without image, so that its name
+    reaches the batch even at the end of the stream; ``"raise"`` raises BadImageError naming it.
+
+    ``classes`` (the training split's or a checkpoint's list, described by ``classes_from`` in errors)
+    re-indexes the labels by class name; default: the index's own list.
 
     Every sample of an epoch goes to exactly one (rank, DataLoader worker) slot: whole shards when there
     are at least as many shards as slots, otherwise every num_slots-th sample. With ``shuffle``, the shard
@@ -305,13 +355,19 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        strict: bool = False,
+        bad_images: BadImages = "replace",
         equal_per_rank: bool = False,
+        classes: Sequence[str] | None = None,
+        classes_from: str = "the class list",
     ) -> None:
         super().__init__()
+        check_bad_images(bad_images)
         self.split_dir = Path(split_dir)
         index = read_index(self.split_dir)
-        self.classes: list[str] = list(index["classes"])
+        self.shard_classes: list[str] = list(index["classes"])
+        self.classes: list[str] = self.shard_classes if classes is None else list(classes)
+        # Shard label -> label in self.classes (by name).
+        self._label_map = _label_map(self.shard_classes, self.classes, self.split_dir / INDEX, classes_from)
         self.num_samples: int = int(index["num_samples"])
         self.shards: list[tuple[str, int]] = [(s["name"], int(s["num_samples"])) for s in index["shards"]]
         default_rank, default_world = _default_rank()
@@ -325,7 +381,7 @@ class ShardDataset(IterableDataset):
         self.shuffle = shuffle
         self.buffer_size = buffer_size
         self.seed = seed
-        self.strict = strict
+        self.bad_images = bad_images
         self.equal_per_rank = equal_per_rank
         # Shared memory: DataLoader workers (persistent ones too) hold a copy of this object, not this object.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -402,9 +458,9 @@ class ShardDataset(IterableDataset):
             label = int(parts["cls"].decode("ascii").strip())
         except ValueError:
             raise ShardError(f"{name}: .cls member is not a class index: {parts['cls'][:20]!r}") from None
-        if not 0 <= label < len(self.classes):
-            raise ShardError(f"{name}: class index {label} out of range for {len(self.classes)} classes")
-        return name, parts[images[0]], label
+        if not 0 <= label < len(self.shard_classes):
+            raise ShardError(f"{name}: class index {label} out of range for {len(self.shard_classes)} classes")
+        return name, parts[images[0]], self._label_map[label]
 
     def _raw(self, epoch: int, slot: int, num_slots: int) -> Iterator[tuple[str, bytes, int]]:
         for shard, want in self._assignment(epoch, slot, num_slots):
@@ -426,16 +482,20 @@ class ShardDataset(IterableDataset):
         yield from buf
 
     def _decoded(self, items: Iterator[tuple[str, bytes, int]], pending: list[str]) -> Iterator[tuple]:
-        """Decode and transform; skip bad images (naming them in ``pending``) unless strict."""
+        """Decode and transform; a bad image is raised, yielded without image (skip), or left out and
+        named in ``pending`` for the next sample (replace)."""
         for name, data, label in items:
             try:
                 image = decode_rgb(data, name)
                 if self.transform is not None:
                     image = self.transform(image)
             except BadImageError:
-                if self.strict:
+                if self.bad_images == "raise":
                     raise
-                pending.append(name)
+                if self.bad_images == "skip":
+                    yield None, label, (name,)
+                else:
+                    pending.append(name)
                 continue
             except Exception as e:  # noqa: BLE001 - a worker must say which sample, not die anonymously
                 raise ShardError(f"{name}: {type(e).__name__}: {e}") from e

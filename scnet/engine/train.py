@@ -76,8 +76,9 @@ def _prepare_data(cfg: Config, info: DistInfo):
         randaugment=tuple(d.randaugment) if d.randaugment else None,
     )
     eval_tf = eval_transform(d.image_size, d.crop_pct, d.interpolation)
-    train_ds = build_dataset(root, d.train_split, train_tf, strict=d.strict, seed=cfg.train.seed, shuffle=True)
-    val_ds = build_dataset(root, d.val_split, eval_tf, strict=d.strict, seed=cfg.train.seed)
+    bad_images = "raise" if d.strict else "replace"
+    train_ds = build_dataset(root, d.train_split, train_tf, bad_images=bad_images, seed=cfg.train.seed, shuffle=True)
+    val_ds = build_dataset(root, d.val_split, eval_tf, bad_images=bad_images, seed=cfg.train.seed)
     classes = getattr(train_ds, "classes", None)
     if classes is not None and len(classes) != cfg.model.num_classes:
         raise RunError(

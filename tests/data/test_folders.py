@@ -70,7 +70,7 @@ def test_bad_sample_replaced_and_reported(tmp_path):
     assert replaced == (str(bad),)
     assert torch.equal(image, ds[2][0])  # stood in for by the next sample
     assert ds[0][2] == ()
-    strict = ImageFolderDataset(samples, classes, strict=True)
+    strict = ImageFolderDataset(samples, classes, bad_images="raise")
     with pytest.raises(BadImageError, match="a_1.JPEG"):
         strict[1]
 
@@ -95,5 +95,45 @@ def test_class_list_keeps_indices_of_a_partial_split(tmp_path):
     assert ds.classes == ["n01", "n02", "n03"]
     assert sorted(label for _, label in ds.samples) == [0, 2, 2]
     (tmp_path / "classes.txt").write_text("n01\nn02\n")
-    with pytest.raises(ValueError, match="'n03' is not in the class list"):
+    with pytest.raises(ValueError, match=r"val/n03: class folder 'n03' is not in \S*classes.txt"):
         build_dataset(tmp_path, "val")
+
+
+def test_bad_sample_skipped_in_skip_mode(tmp_path):
+    make_tree(tmp_path, {"a": 2, "b": 1})
+    bad = tmp_path / "a" / "a_1.JPEG"
+    bad.write_bytes(b"\xff\xd8 random bytes, not a JPEG")
+    classes, samples = scan_image_folder(tmp_path)
+    ds = ImageFolderDataset(samples, classes, bad_images="skip")
+    assert ds[1] == (None, 0, (str(bad),))  # no image, its own label, its name: nothing stands in for it
+    assert ds[2][0] is not None and ds[2][1:] == (1, ())
+    with pytest.raises(ValueError, match="bad_images"):
+        ImageFolderDataset(samples, classes, bad_images="ignore")
+
+
+def test_val_split_takes_the_training_class_list(tmp_path):
+    # Train has n00..n09; val lacks n00, so its own sorted folders would number n01 as 0, n02 as 1, ...
+    train = [f"n{i:02d}" for i in range(10)]
+    make_tree(tmp_path / "train", dict.fromkeys(train, 1))
+    make_tree(tmp_path / "val", {name: 1 + (name == "n05") for name in train[1:]})
+    assert build_dataset(tmp_path, "val").classes == train[1:]  # on its own: 9 classes, shifted
+    ds = build_dataset(tmp_path, "val", classes=train, classes_from="the training classes")
+    assert ds.classes == train
+    for path, label in ds.samples:
+        assert train[label] == path.split("/")[-2], path  # labelled by the training index of its folder
+    assert sorted(label for _, label in ds.samples) == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]
+
+    make_tree(tmp_path / "val", {"zz_new": 1})
+    with pytest.raises(ValueError, match=r"val/zz_new: class folder 'zz_new' is not in the training classes"):
+        build_dataset(tmp_path, "val", classes=train, classes_from="the training classes")
+
+
+def test_imagenet_v2_numbers_index_a_given_class_list(tmp_path):
+    make_tree(tmp_path / "v2", {"0": 1, "2": 1, "11": 1})
+    names = [f"c{i}" for i in range(12)]
+    ds = build_dataset(tmp_path, "v2", classes=names)
+    assert ds.classes == names
+    assert sorted((path.split("/")[-2], label) for path, label in ds.samples) == [("0", 0), ("11", 11), ("2", 2)]
+    message = r"v2/11: ImageNet-V2 class folder '11' is not an index into .* \(11 classes\)"
+    with pytest.raises(ValueError, match=message):
+        build_dataset(tmp_path, "v2", classes=names[:11])

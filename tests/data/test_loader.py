@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scnet.data.folders import ImageFolderDataset, scan_image_folder
-from scnet.data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
+from scnet.data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader, collate, skipped_summary
 from scnet.data.transforms import train_transform
 
 from .images import make_tree
@@ -84,3 +84,29 @@ def test_replaced_log_summary():
     assert log.summary(limit=1) == "3 bad samples replaced (2 files): x/1.JPEG and 1 more"
     log.reset()
     assert log.summary() == ""
+
+
+def test_collate_leaves_skipped_items_out():
+    image = torch.full((3, 4, 4), 7, dtype=torch.uint8)
+    batch = collate([(image, 2, ()), (None, 1, ("bad.JPEG",)), (image + 1, 0, ("other.JPEG",))])
+    assert batch.images.shape == (2, 3, 4, 4) and batch.labels.tolist() == [2, 0]
+    assert torch.equal(batch.images[1], image + 1)
+    assert (batch.skipped, batch.replaced) == (["bad.JPEG"], ["other.JPEG"])
+    empty = collate([(None, 1, ("a.JPEG",)), (None, 0, ("b.JPEG",))])
+    assert empty.images.shape[0] == 0 and empty.labels.numel() == 0 and empty.skipped == ["a.JPEG", "b.JPEG"]
+
+
+def test_skip_mode_loader_reports_every_bad_file_once(tmp_path):
+    make_tree(tmp_path / "val", {"a": 3, "b": 2}, size=(80, 60))
+    bad = [tmp_path / "val" / "a" / "a_1.JPEG", tmp_path / "val" / "b" / "b_1.JPEG"]  # b_1 is the last sample
+    for path in bad:
+        path.write_bytes(path.read_bytes()[:200])  # truncated
+    ds = build_dataset(tmp_path, "val", transform=train_transform(32), bad_images="skip")
+    batches = list(build_loader(ds, batch_size=2, workers=2, train=False, persistent=False))
+    # Samples a_0, a_1 (bad) | a_2, b_0 | b_1 (bad): the last batch holds no image at all.
+    assert [b.images.shape[0] for b in batches] == [1, 2, 0]
+    assert [name for b in batches for name in b.skipped] == [str(p) for p in bad]
+    assert all(not b.replaced for b in batches)
+    assert sorted(label for b in batches for label in b.labels.tolist()) == [0, 0, 1]
+    summary = skipped_summary([str(p) for p in bad], limit=1)
+    assert summary == f"2 unreadable file(s) skipped, not counted: {bad[0]} and 1 more"

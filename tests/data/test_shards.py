@@ -20,9 +20,11 @@ from torch.utils.data import DataLoader
 
 from scnet.data.decode import BadImageError, decode_rgb
 from scnet.data.demo import make_demo
+from scnet.data.loader import collate
 from scnet.data.shards import ShardDataset, ShardError, make_shards
+from scnet.data.transforms import eval_transform
 
-from .images import encode, random_image
+from .images import encode, make_tree, random_image
 
 CLASSES = ["00_circle", "01_square", "02_triangle"]
 EXTRA = {"train/01_square/png_named.JPEG", "train/02_triangle/gray.JPEG"}
@@ -262,9 +264,9 @@ def test_bad_sample_is_skipped_and_reported(with_bad):
 
 def test_strict_raises_naming_shard_and_key(with_bad):
     with pytest.raises(BadImageError, match=BAD):
-        read_all(ShardDataset(with_bad, strict=True))
+        read_all(ShardDataset(with_bad, bad_images="raise"))
     with pytest.raises(Exception, match=BAD):  # from a worker process: re-raised in the main process
-        read_all(ShardDataset(with_bad, strict=True), workers=1)
+        read_all(ShardDataset(with_bad, bad_images="raise"), workers=1)
 
 
 def test_unexpected_error_in_a_worker_names_the_sample(shards):
@@ -302,3 +304,68 @@ def test_cli_make_shards(tree, tmp_path):
         "val-000001.tar",
         "val-000002.tar",
     ]
+
+
+@pytest.fixture(scope="module")
+def bad_last(tree, tmp_path_factory) -> Path:
+    """A val split whose last sample (in sorted order) is random bytes named .JPEG."""
+    root = tmp_path_factory.mktemp("bad_last")
+    shutil.copytree(tree / "val", root / "data" / "val")
+    (root / "data/val/02_triangle/02_triangle_val_s0_99999.JPEG").write_bytes(os.urandom(3000))
+    make_shards(root / "data", root / "shards", shard_size=4, splits=["val"], progress=False)
+    return root / "shards" / "val"
+
+
+BAD_LAST = "val-000002.tar:02_triangle__02_triangle_val_s0_99999"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_mode_yields_bad_samples_without_image_even_the_last(bad_last, workers):
+    got = list(ShardDataset(bad_last, bad_images="skip"))
+    assert len(got) == NUM["val"] + 1  # every sample once, the bad one included as itself
+    image, label, names = got[-1]
+    assert (image, label, tuple(names)) == (None, 2, (BAD_LAST,))
+    assert all(image is not None and names == () for image, _, names in got[:-1])
+    # Through a DataLoader (worker processes too), collated: the name reaches the last batch's skipped list.
+    ds = ShardDataset(bad_last, bad_images="skip", transform=eval_transform(32, 1.0))
+    batches = list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate))
+    assert [name for b in batches for name in b.skipped] == [BAD_LAST]
+    assert sum(b.labels.numel() for b in batches) == NUM["val"]
+    with pytest.warns(UserWarning, match=BAD_LAST):  # replace mode: nothing left to stand in for it
+        assert len(read_all(ShardDataset(bad_last))) == NUM["val"]
+
+
+def _class_tree(root: Path, train: dict[str, int], val: dict[str, int]) -> Path:
+    make_tree(root / "train", train)
+    make_tree(root / "val", val)
+    return root
+
+
+def test_every_split_indexed_by_the_training_classes(tmp_path):
+    train = {f"c{i}": 1 for i in range(4)}
+    data = _class_tree(tmp_path / "data", train, {"c1": 1, "c3": 2})  # val lacks c0 and c2
+    index = make_shards(data, tmp_path / "shards", shard_size=2, progress=False)
+    assert index["val"]["classes"] == index["train"]["classes"] == sorted(train)
+    labels = Counter(label for _, label, _ in read_all(ShardDataset(tmp_path / "shards" / "val")))
+    assert labels == {1: 1, 3: 2}  # c1 and c3 keep their training indices (0 and 1 on their own)
+
+    (data / "classes.txt").write_text("c3\nc2\nc1\nc0\n")  # a class list at the root wins over train's folders
+    index = make_shards(data, tmp_path / "shards", shard_size=2, splits=["val"], progress=False)
+    assert index["val"]["classes"] == ["c3", "c2", "c1", "c0"]
+    # Same members as before, other labels: the shards were rewritten, not kept.
+    labels = Counter(label for _, label, _ in read_all(ShardDataset(tmp_path / "shards" / "val")))
+    assert labels == {2: 1, 0: 2}
+
+
+def test_shard_labels_follow_a_given_class_list_by_name(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data / "val", {"c1": 1, "c3": 2})  # no train split, no classes.txt: indexed on its own
+    make_shards(data, tmp_path / "shards", splits=["val"], progress=False)
+    folder = tmp_path / "shards" / "val"
+    assert Counter(label for _, label, _ in read_all(ShardDataset(folder))) == {0: 1, 1: 2}
+    ds = ShardDataset(folder, classes=["c0", "c1", "c2", "c3"])
+    assert ds.classes == ["c0", "c1", "c2", "c3"]
+    assert Counter(label for _, label, _ in read_all(ds)) == {1: 1, 3: 2}
+    message = r"val/index.json: class 'c3' is not in the checkpoint's classes \(3 classes\)"
+    with pytest.raises(ValueError, match=message):
+        ShardDataset(folder, classes=["c0", "c1", "c2"], classes_from="the checkpoint's classes")
