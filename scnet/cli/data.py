@@ -71,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_shards)
 
-    p = sub.add_parser("demo", help="a small, procedurally drawn, learnable dataset (no download)")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser(
+        "demo",
+        help="a small, procedurally drawn, learnable dataset (no download); at data/demo it is the built-in "
+        "set that data.root: demo (scnet-train) and --data demo (scnet-eval) name",
+    )
+    p.add_argument("--out", required=True, help="output folder (data/demo for the built-in set)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=20)

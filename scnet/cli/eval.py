@@ -24,6 +24,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 from torch.utils.data import DataLoader
 
+from scnet.data.builtin import DEMO_FOLDER, resolve_root
 from scnet.data.decode import BadImageError
 from scnet.data.device import DevicePreprocess
 from scnet.data.folders import load_real_labels
@@ -45,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-eval`` argument parser."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="training checkpoint, or a bare state_dict (.pth/.safetensors)")
-    p.add_argument("--data", required=True, help="data root: <data>/<split> is an ImageFolder tree or shards")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=f"data root: <data>/<split> is an ImageFolder tree or shards; demo = the built-in demo set at "
+        f"{DEMO_FOLDER} (write ./demo for a folder named demo)",
+    )
     p.add_argument("--split", default="val")
     p.add_argument("--model", help="architecture (default: the checkpoint's config; required for a bare state_dict)")
     p.add_argument("--batch-size", type=int, default=256, help="global, split across processes (default 256)")
@@ -200,11 +206,12 @@ def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
     min_size = getattr(model, "min_input_size", 1)
     if image_size < min_size:  # fail now, not after the data has been read
         raise ValueError(f"image size {image_size} is below {name}'s minimum of {min_size} px")
-    dataset = build_dataset(Path(args.data), args.split, transform=eval_transform(image_size, crop_pct, interpolation))
+    data = resolve_root(args.data, key="--data")  # never drawn here: the demo set must exist
+    dataset = build_dataset(data, args.split, transform=eval_transform(image_size, crop_pct, interpolation))
     classes = len(dataset.classes)  # type: ignore[attr-defined]
     if classes != num_classes:
         raise ValueError(
-            f"{Path(args.data) / args.split} has {classes} classes but the model has {num_classes} outputs "
+            f"{data / args.split} has {classes} classes but the model has {num_classes} outputs "
             "(a partial split needs <data>/classes.txt listing every class)"
         )
     real_labels = None
@@ -221,6 +228,7 @@ def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
         "model": name,
         "checkpoint": str(checkpoint),
         "ema": args.ema,
+        "data": str(data),
         "split": args.split,
         "num_classes": num_classes,
         "image_size": image_size,

@@ -38,6 +38,11 @@ DELETE_KEY = "_delete_"
 Origins = dict[str, str]
 """Dotted key (of a section or a leaf) -> where its value came from: a file path or ``"command line"``."""
 
+# Keys that existed once, with what to write instead: an old config gets this hint, not "unknown key".
+REMOVED_KEYS = {
+    "data.demo": "removed; write data.root: demo to train on the built-in demo set (drawn at data/demo)",
+}
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Public API
@@ -311,7 +316,7 @@ def _build(cls: type, data: Any, prefix: str, origins: Mapping[str, str]) -> Any
         key = f"{prefix}{name}"
         source = origins.get(key, "default")
         if name not in names:
-            raise ConfigError(key, f"unknown key{_suggest(key)}", source)
+            raise ConfigError(key, REMOVED_KEYS.get(key) or f"unknown key{_suggest(key)}", source)
         tp = hints[name]
         if is_section(tp):
             if value is None:

@@ -87,7 +87,8 @@ class DataConfig:
 
     root: str = _key(
         "data/imagenet",
-        "folder with <train_split>/ and <val_split>/ (ImageFolder trees or shards); relative to the working directory",
+        "folder with <train_split>/ and <val_split>/ (ImageFolder trees or shards), relative to the working "
+        "directory; it must exist. The name demo (exactly) is the built-in demo set, drawn at data/demo on first use",
     )
     train_split: str = _key("train", "training subfolder of root")
     val_split: str = _key("val", "evaluation subfolder of root")
@@ -116,7 +117,6 @@ class DataConfig:
     strict: bool = _key(
         False, "a corrupt image is an error naming the file, instead of being replaced by another sample"
     )
-    demo: bool = _key(False, "draw the procedural demo dataset at root if it is missing (scnet-data demo)")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,11 @@ class ScheduleConfig:
         [30, 60, 90], "step: epochs at which the lr is multiplied by gamma (ignored by cosine)"
     )
     gamma: float = _key(0.1, "step: factor applied at each milestone")
-    warmup_epochs: int = _key(0, "linear warmup from warmup_lr to the peak lr over this many epochs; 0 = none")
+    warmup_epochs: int = _key(
+        0,
+        "linear warmup from warmup_lr to the peak lr over this many epochs; 0 = none "
+        "(as long as train.epochs or longer: the whole run is warm-up, with a warning)",
+    )
     warmup_lr: float = _key(1e-5, "lr at the start of warmup (absolute, not scaled by batch size)")
     min_lr: float = _key(0.0, "cosine: final lr (absolute, not scaled by batch size)")
 
@@ -326,13 +330,8 @@ def check(cfg: Config) -> list[tuple[str, str]]:
         f"must be increasing epochs >= 1, got {s.milestones}",
     )
     need(0.0 < s.gamma <= 1.0, "schedule.gamma", f"must be in (0, 1], got {s.gamma}")
+    # warmup_epochs >= train.epochs is allowed (a short trial run of a recipe): the trainer warns instead.
     need(s.warmup_epochs >= 0, "schedule.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
-    if t.epochs >= 1:  # a bad train.epochs is reported as itself, below
-        need(
-            s.warmup_epochs < t.epochs,
-            "schedule.warmup_epochs",
-            f"must be < train.epochs ({t.epochs}), got {s.warmup_epochs}",
-        )
     need(s.warmup_lr >= 0.0, "schedule.warmup_lr", f"must be >= 0, got {s.warmup_lr}")
     need(s.min_lr >= 0.0, "schedule.min_lr", f"must be >= 0, got {s.min_lr}")
 

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, config_to_dict, dump_config
+from ..data.builtin import DEMO, resolve_root
 from ..data.device import DeviceLoader, DevicePreprocess, build_mixup
 from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
 from ..data.transforms import eval_transform, train_transform
@@ -56,15 +57,32 @@ class Preempted:
             signal.signal(s, handler)
 
 
-def _prepare_data(cfg: Config, info: DistInfo):
-    root = Path(cfg.data.root)
-    if cfg.data.demo and not (root / cfg.data.train_split).is_dir():
-        if info.is_main:
-            from ..data.demo import make_demo
+def _resolve_data_root(cfg: Config, info: DistInfo) -> Path:
+    """The folder ``data.root`` names; the built-in demo set is drawn (once, by rank 0) when asked for.
 
-            make_demo(root, progress=True)
-        if info.world_size > 1:
-            dist.barrier()
+    Rank 0 resolves first and shares its outcome, so that every rank fails with the same line (and none
+    waits forever) when the root is missing or cannot be drawn.
+    """
+    error = None
+    if info.is_main:
+        try:
+            resolve_root(cfg.data.root, draw=True)
+        except (ValueError, OSError) as e:
+            error = str(e)
+    if info.world_size > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)  # also the barrier after the drawing
+        error = shared[0]
+    if error is not None:
+        raise RunError(error)
+    root = resolve_root(cfg.data.root)
+    if info.is_main and cfg.data.root == DEMO:
+        print(f"data.root=demo: the built-in demo set, at {root.resolve()}", file=sys.stderr)
+    return root
+
+
+def _prepare_data(cfg: Config, info: DistInfo):
+    root = _resolve_data_root(cfg, info)
     d = cfg.data
     train_tf = train_transform(
         d.image_size,
@@ -85,6 +103,23 @@ def _prepare_data(cfg: Config, info: DistInfo):
             f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes"
         )
     return train_ds, val_ds
+
+
+def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
+    """One line when warm-up lasts the whole run: say what the lr then does (timm's linear warm-up, t < warmup_t)."""
+    s, epochs = cfg.schedule, cfg.train.epochs
+    if s.warmup_epochs < epochs or s.warmup_epochs == 0:
+        return
+    # The lr of the last optimizer step (update t = total - 1) of a linear ramp over warmup_epochs.
+    total, ramp = epochs * steps_per_epoch, s.warmup_epochs * steps_per_epoch
+    last = s.warmup_lr + (total - 1) / ramp * (cfg.peak_lr - s.warmup_lr)
+    after = "the cosine decay never starts" if s.name == "cosine" else "no step of schedule.milestones is taken"
+    print(
+        f"scnet-train: warning: schedule.warmup_epochs={s.warmup_epochs} >= train.epochs={epochs}: "
+        f"the whole run is warm-up: the lr rises linearly from {s.warmup_lr:.3g} to {last:.3g} at the last step, "
+        f"below the peak {cfg.peak_lr:.3g}, and {after}",
+        file=sys.stderr,
+    )
 
 
 def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
@@ -155,6 +190,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         raise RunError(
             f"{cfg.data.root}: too few training images for one step of data.batch_size={cfg.data.batch_size}"
         )
+    if info.is_main:
+        _warn_whole_run_warmup(cfg, steps_per_epoch)
 
     # Model, optimizer, schedule, loss, EMA.
     model = _build_model(cfg, info)

@@ -12,6 +12,7 @@ import torch
 
 import scnet
 from scnet.cli.eval import main
+from scnet.data.demo import make_demo
 
 from ..data.images import make_tree
 from ..engine import (
@@ -170,3 +171,23 @@ def test_torchrun_two_processes_count_what_one_does(files, tmp_path, capsys):
     for key in ("images", "top1", "top5", "real_top1", "real_images"):
         assert two[key] == one[key], key
     assert two["images"] == TOTAL
+
+
+# --------------------------------------------------------------------------------------------------
+# --data demo: the built-in set at data/demo, never drawn here
+
+
+def test_data_demo_names_the_built_in_set(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, "--checkpoint", files["training"], "--data", "demo")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "scnet-data demo --out data/demo" in err
+    assert list(tmp_path.iterdir()) == []  # not drawn by the evaluator
+    make_demo(tmp_path / "data" / "demo", num_classes=3, train_per_class=1, val_per_class=1, progress=False)
+    code, _, err = _run(capsys, "--checkpoint", files["training"], "--data", "demo", "--json", "demo.json")
+    assert code == 0, err
+    code, _, err = _run(capsys, "--checkpoint", files["training"], "--data", "data/demo", "--json", "path.json")
+    assert code == 0, err
+    by_name, by_path = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("demo", "path"))
+    assert by_name["data"] == by_path["data"] == "data/demo"
+    assert (by_name["images"], by_name["top1"]) == (by_path["images"], by_path["top1"]) == (3, pytest.approx(100 / 3))

@@ -34,7 +34,6 @@ def _overrides(demo: Path, out: Path, epochs: int = 2) -> list[str]:
         f"data.root={demo}",
         "data.batch_size=4",
         "data.workers=0",
-        "data.demo=false",
         f"output_dir={out}",
         f"train.epochs={epochs}",
         "train.deterministic=true",
@@ -128,7 +127,7 @@ def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
     [
         ("unknown key", ["optim.lrr=0.1"], "did you mean optim.lr"),
         ("wrong type", ["train.epochs=abc"], "train.epochs"),
-        ("missing data", ["data.root={tmp}/nowhere"], "no such data folder"),
+        ("missing data", ["data.root={tmp}/nowhere"], "data.root: {tmp}/nowhere: no such folder"),
         ("empty class", ["data.root={empty}"], "empty class folder"),
         ("num_classes", ["model.num_classes=7"], "model.num_classes=7"),
         ("image size", ["data.image_size=64"], "minimum of 97 px"),
@@ -150,6 +149,7 @@ def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, 
         torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), ckpt)
     empty = _make_empty_class(demo, tmp_path) if "{empty}" in extra[0] else None
     extra = [e.format(tmp=tmp_path, empty=empty, ckpt=ckpt, run=straight_run) for e in extra]
+    message = message.format(tmp=tmp_path)
     code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2
