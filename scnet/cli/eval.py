@@ -2,8 +2,9 @@
 
 Reads this project's training checkpoints (model name, classes and evaluation image size come from
 their ``config``, unless given here) and the original release's bare state_dicts (``--model`` names the
-architecture). Launched by ``torchrun``, every process evaluates its share and the counts are summed:
-the numbers are exactly those of one process. ``--batch-size`` is global, split across processes (as the
+architecture). A file that does not decode is skipped and listed (``skipped`` in the JSON), never
+counted. Launched by ``torchrun``, every process evaluates its share and the counts are summed: the
+numbers are exactly those of one process. ``--batch-size`` is global, split across processes (as the
 trainer's ``data.batch_size``).
 """
 
@@ -28,7 +29,7 @@ from scnet.data.builtin import DEMO_FOLDER, resolve_root
 from scnet.data.decode import BadImageError
 from scnet.data.device import DevicePreprocess
 from scnet.data.folders import load_real_labels
-from scnet.data.loader import ReplacedLog, build_dataset
+from scnet.data.loader import build_dataset, skipped_summary
 from scnet.data.shards import ShardError
 from scnet.data.transforms import INTERPOLATIONS, eval_transform
 from scnet.engine.distributed import cleanup_distributed, setup_distributed
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (model_ema)")
     p.add_argument("--real-labels", help="ImageNet-ReaL real.json: also report ReaL top-1")
     p.add_argument("--amp", choices=list(AMP_DTYPES), default="none", help="autocast dtype")
+    p.add_argument(
+        "--strict", action="store_true", help="a file that does not decode is an error naming it (default: skipped)"
+    )
     p.add_argument("--json", help="write the results here (rank 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
@@ -207,7 +211,12 @@ def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
     if image_size < min_size:  # fail now, not after the data has been read
         raise ValueError(f"image size {image_size} is below {name}'s minimum of {min_size} px")
     data = resolve_root(args.data, key="--data")  # never drawn here: the demo set must exist
-    dataset = build_dataset(data, args.split, transform=eval_transform(image_size, crop_pct, interpolation))
+    dataset = build_dataset(
+        data,
+        args.split,
+        transform=eval_transform(image_size, crop_pct, interpolation),
+        bad_images="raise" if args.strict else "skip",
+    )
     classes = len(dataset.classes)  # type: ignore[attr-defined]
     if classes != num_classes:
         raise ValueError(
@@ -260,8 +269,9 @@ def run(job: Job, progress: bool = False, amp: str = "none") -> dict:
 
 def _report(result: dict) -> str:
     """One line of top-1/top-5, a second for ReaL when asked."""
+    skipped = f", {len(result['skipped'])} skipped" if result["skipped"] else ""
     lines = [
-        f"{result['model']} on {result['split']} ({result['images']} images, {result['image_size']} px): "
+        f"{result['model']} on {result['split']} ({result['images']} images{skipped}, {result['image_size']} px): "
         f"top-1 {result['top1']:.3f}%  top-5 {result['top5']:.3f}%"
     ]
     if "real_top1" in result:
@@ -316,10 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank != 0:
             return 0
         print(_report(result))
-        if result["replaced"]:
-            log = ReplacedLog()
-            log.update(result["replaced"])
-            print(f"{PROG}: warning: {log.summary()}", file=sys.stderr)
+        if result["skipped"]:
+            print(f"{PROG}: warning: {skipped_summary(result['skipped'])}", file=sys.stderr)
         if args.json:
             try:
                 _write_json(Path(args.json), result)

@@ -115,7 +115,9 @@ class DataConfig:
     mixup: float = _key(0.0, "mixup alpha; 0 = off")
     cutmix: float = _key(0.0, "cutmix alpha; 0 = off (with both on, each batch uses one of them)")
     strict: bool = _key(
-        False, "a corrupt image is an error naming the file, instead of being replaced by another sample"
+        False,
+        "a corrupt image is an error naming the file, instead of being replaced by another sample (training) "
+        "or skipped (evaluation)",
     )
 
 

@@ -4,7 +4,9 @@
 map-style datasets are read through an ``EpochSampler(even=False)`` (rank r takes samples r, r + world,
 ..., no padding), shard datasets with ``equal_per_rank=False``, no batch is dropped, and the per-rank
 integer counts are summed with ``torch.distributed.all_reduce``. Two processes therefore give the
-counts of one, not an average of per-rank percentages over padded shares.
+counts of one, not an average of per-rank percentages over padded shares. A file that does not decode
+is skipped (the dataset's ``bad_images="skip"``), never replaced by another sample that would then be
+counted twice: the counts are over the images evaluated, and the skipped files are listed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from ..data.device import DevicePreprocess
-from ..data.loader import Batch, EpochSampler, ReplacedLog, build_loader, collate, dist_info
+from ..data.loader import Batch, EpochSampler, build_loader, collate, dist_info
 from ..data.shards import ShardDataset
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,7 +30,7 @@ _IMAGES, _TOP1, _TOP5, _REAL_CORRECT, _REAL_IMAGES = range(5)
 
 
 class IndexedDataset(Dataset):
-    """A map-style dataset whose items also carry their index: ``(image, label, replaced, index)``.
+    """A map-style dataset whose items also carry their index: ``(image, label, names, index)``.
 
     Labels kept outside the dataset (ImageNet-ReaL) are looked up by the index that travelled with the
     batch, which stays right whatever the sampler, the worker count or the number of processes.
@@ -43,14 +45,16 @@ class IndexedDataset(Dataset):
     def __getitem__(self, key):
         # EpochSampler yields (index, epoch) pairs; plain samplers yield ints.
         index = key[0] if isinstance(key, tuple) else key
-        image, label, replaced = self.dataset[key]
-        return image, label, replaced, index
+        image, label, names = self.dataset[key]
+        return image, label, names, index
 
 
 def collate_indexed(items: Sequence[tuple]) -> tuple[Batch, torch.Tensor]:
-    """Stack ``(image, label, replaced, index)`` items into ``(Batch, indices)``."""
+    """Stack ``(image, label, names, index)`` items into ``(Batch, indices)``; the indices are those of the
+    batch's images (a skipped item, without image, has none there)."""
     batch = collate([item[:3] for item in items])
-    return batch, torch.tensor([item[3] for item in items], dtype=torch.int64)
+    indices = [item[3] for item in items if item[0] is not None]
+    return batch, torch.tensor(indices, dtype=torch.int64)
 
 
 def build_eval_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool | None = None) -> DataLoader:
@@ -85,6 +89,11 @@ def _check_exact(loader: Iterable) -> None:
     dataset = getattr(loader, "dataset", None)
     if isinstance(dataset, IndexedDataset):
         dataset = dataset.dataset
+    if getattr(dataset, "bad_images", None) == "replace":
+        raise ValueError(
+            "evaluation needs a dataset built with bad_images='skip' (or 'raise'): "
+            "a replaced bad file would count another sample twice"
+        )
     if isinstance(dataset, ShardDataset):
         if dataset.equal_per_rank:
             raise ValueError("a ShardDataset with equal_per_rank=True repeats samples; evaluate without it")
@@ -137,7 +146,7 @@ def _length(loader: Iterable) -> int | None:
 
 
 def _gather_names(names: list[str], world: int) -> list[str]:
-    """Every rank's replaced-file names, in rank order."""
+    """Every rank's names (of skipped files), in rank order."""
     if world == 1:
         return list(names)
     parts: list[list[str] | None] = [None] * world
@@ -169,8 +178,9 @@ def evaluate(
         preprocess: uint8 -> normalised float on the device (default: ImageNet mean/std).
 
     Returns:
-        ``top1``, ``top5`` (percent), ``images``, ``replaced`` (names of bad files replaced, all ranks),
-        and with ``real_labels`` also ``real_top1`` (percent; None without any ReaL set) and ``real_images``.
+        ``top1``, ``top5`` (percent) over the ``images`` evaluated, ``skipped`` (the bad files left out,
+        all ranks'), and with ``real_labels`` also ``real_top1`` (percent; None without any ReaL set) and
+        ``real_images``.
 
     Under torch.distributed every rank must call this; the counts are summed with ``all_reduce`` and
     every rank returns the same numbers.
@@ -189,7 +199,7 @@ def evaluate(
     dtype = AMP_DTYPES[amp]
     rank, world = dist_info()
     counts = torch.zeros(5, dtype=torch.int64, device=device)
-    replaced = ReplacedLog()
+    skipped: list[str] = []
     was_training = model.training
     model.eval()
     show = progress and rank == 0
@@ -200,21 +210,24 @@ def evaluate(
             batch, indices = (item, None) if isinstance(item, Batch) else item
             if real is not None and indices is None:
                 raise ValueError("ReaL labels need the sample index with each batch: use build_eval_loader")
+            skipped.extend(batch.skipped)
+            if batch.labels.numel() == 0:
+                continue  # every file of this batch was skipped
             images = preprocess(batch.images.to(device, non_blocking=True))
             labels = batch.labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(images)
             real_rows = real[indices.to(device)] if real is not None else None
             counts += _batch_counts(logits.float(), labels, real_rows)
-            replaced.update(batch.replaced)
     finally:
         bar.close()
         model.train(was_training)
     if world > 1:
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n = counts.tolist()
+    skipped = _gather_names(skipped, world)
     if n[_IMAGES] == 0:
-        raise ValueError("no images to evaluate")
+        raise ValueError(f"no images to evaluate ({len(skipped)} unreadable files skipped)")
     result: dict = {
         "top1": 100.0 * n[_TOP1] / n[_IMAGES],
         "top5": 100.0 * n[_TOP5] / n[_IMAGES],
@@ -223,5 +236,5 @@ def evaluate(
     if real is not None:
         result["real_top1"] = 100.0 * n[_REAL_CORRECT] / n[_REAL_IMAGES] if n[_REAL_IMAGES] else None
         result["real_images"] = n[_REAL_IMAGES]
-    result["replaced"] = _gather_names(replaced.names, world)
+    result["skipped"] = skipped
     return result

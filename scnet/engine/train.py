@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, dump_config
 from ..data.builtin import DEMO, resolve_root
 from ..data.device import DeviceLoader, DevicePreprocess, build_mixup
-from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader
+from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader, skipped_summary
 from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
 from ..models.weights import check_compatible
@@ -94,9 +94,10 @@ def _prepare_data(cfg: Config, info: DistInfo):
         randaugment=tuple(d.randaugment) if d.randaugment else None,
     )
     eval_tf = eval_transform(d.image_size, d.crop_pct, d.interpolation)
-    bad_images = "raise" if d.strict else "replace"
-    train_ds = build_dataset(root, d.train_split, train_tf, bad_images=bad_images, seed=cfg.train.seed, shuffle=True)
-    val_ds = build_dataset(root, d.val_split, eval_tf, bad_images=bad_images, seed=cfg.train.seed)
+    # A bad training file is replaced (the batch stays full); a bad val file is skipped (counted once, never twice).
+    train_bad, val_bad = ("raise", "raise") if d.strict else ("replace", "skip")
+    train_ds = build_dataset(root, d.train_split, train_tf, bad_images=train_bad, seed=cfg.train.seed, shuffle=True)
+    val_ds = build_dataset(root, d.val_split, eval_tf, bad_images=val_bad, seed=cfg.train.seed)
     classes = getattr(train_ds, "classes", None)
     if classes is not None and len(classes) != cfg.model.num_classes:
         raise RunError(
@@ -297,6 +298,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 train_ds.set_epoch(epoch)
             net.train()
             replaced = ReplacedLog()
+            val_skipped_names: list[str] = []
             loss_sum = torch.zeros((), device=info.device)
             seen, t0, wait = 0, time.perf_counter(), 0.0
             bar = tqdm(
@@ -393,7 +395,9 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             }
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = evaluate(model, val_loader, info.device, cfg.train.amp, preprocess=eval_preprocess)
-                metrics.update(top1=val["top1"], top5=val["top5"])
+                metrics.update(top1=val["top1"], top5=val["top5"], val_images=val["images"])
+                metrics.update(val_skipped=len(val["skipped"]))
+                val_skipped_names = val["skipped"]
                 if ema is not None:
                     val_ema = evaluate(ema.module, val_loader, info.device, cfg.train.amp, preprocess=eval_preprocess)
                     metrics.update(ema_top1=val_ema["top1"], ema_top5=val_ema["top5"])
@@ -415,6 +419,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 print(line, file=sys.stderr)
                 if replaced.names:
                     print(replaced.summary(), file=sys.stderr)
+                if val_skipped_names:
+                    print(f"validation: {skipped_summary(val_skipped_names)}", file=sys.stderr)
         return metrics
     finally:
         preempt.restore()

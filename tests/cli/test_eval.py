@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from scnet.data.demo import make_demo
 
 from ..data.images import make_tree
 from ..engine import (
+    COUNTS,
     CROP_PCT,
     IMAGE_SIZE,
     TOTAL,
@@ -88,7 +90,7 @@ def test_training_checkpoint(files, tmp_path, capsys):
     assert result["params"] == scnet.count_params(model)
     assert result["macs"] == scnet.count_macs(model, IMAGE_SIZE)  # at the evaluated size, from the config
     assert (result["split"], result["image_size"], result["crop_pct"]) == ("val", IMAGE_SIZE, CROP_PCT)
-    assert result["replaced"] == [] and result["ema"] is False
+    assert result["skipped"] == [] and result["ema"] is False
 
 
 def test_ema_weights_and_command_line_over_config(files, tmp_path, capsys):
@@ -171,6 +173,64 @@ def test_torchrun_two_processes_count_what_one_does(files, tmp_path, capsys):
     for key in ("images", "top1", "top5", "real_top1", "real_images"):
         assert two[key] == one[key], key
     assert two["images"] == TOTAL
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad files are skipped, not counted
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    """The COUNTS split with one unreadable file of class c (random bytes under a .JPEG name)."""
+    root = make_val_split(tmp_path_factory.mktemp("bad") / "imagenet")
+    bad = sorted((root / "val" / "c").iterdir())[1]
+    bad.write_bytes(bytes(range(256)) * 8)  # not an image
+    return root, bad
+
+
+def test_bad_file_is_skipped_and_listed(files, bad_data, tmp_path, capsys):
+    root, bad = bad_data
+    out_json = tmp_path / "result.json"
+    code, out, err = _run(capsys, "--checkpoint", files["training"], "--data", root, "--json", out_json)
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    # Predicts class a (2 images) for all: 2 of the 6 images that were read, nothing counted twice.
+    assert (result["images"], result["skipped"]) == (TOTAL - 1, [str(bad)])
+    assert result["top1"] == pytest.approx(100.0 * COUNTS["a"] / (TOTAL - 1))
+    assert f"({TOTAL - 1} images, 1 skipped, {IMAGE_SIZE} px)" in out
+    assert err.startswith("scnet-eval: warning:") and str(bad) in err and err.count("\n") == 1
+    code, out, err = _run(capsys, "--checkpoint", files["training"], "--data", root, "--strict")
+    assert code == 2 and err.startswith("scnet-eval: error:") and str(bad) in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsys):
+    root, bad = bad_data
+    # A second bad file, so that each rank meets one: rank 0 reads samples 0, 2, 4, 6 and rank 1 samples
+    # 1, 3, 5; c's first file is sample 3 (rank 1), its second (the fixture's) sample 4 (rank 0).
+    other = sorted((root / "val" / "c").iterdir())[0]
+    data = tmp_path / "imagenet"
+    shutil.copytree(root, data)
+    (data / "val" / "c" / other.name).write_bytes(b"")
+    common = ["--checkpoint", str(files["random"]), "--data", str(data), "--workers", "0", "--batch-size", "4"]
+    common += ["--device", "cpu"]
+    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
+    capsys.readouterr()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    proc = subprocess.run(
+        [*torchrun, "-m", "scnet.cli.eval", *common, "--json", str(tmp_path / "two.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(f"({TOTAL - 2} images, 2 skipped,") == 1
+    assert proc.stderr.count("scnet-eval: warning:") == 1  # rank 0 alone, naming every rank's files
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    for key in ("images", "top1", "top5"):
+        assert two[key] == one[key], key
+    expected = sorted(str(data / "val" / "c" / p.name) for p in (bad, other))
+    assert two["images"] == TOTAL - 2 and sorted(two["skipped"]) == sorted(one["skipped"]) == expected
 
 
 # --------------------------------------------------------------------------------------------------

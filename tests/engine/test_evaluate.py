@@ -15,6 +15,7 @@ from scnet.engine import build_eval_loader, evaluate
 
 from ..utils import IMAGENET_MEAN, IMAGENET_STD
 from . import (
+    COUNTS,
     CROP_PCT,
     IMAGE_SIZE,
     TOTAL,
@@ -34,7 +35,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(root):
-    return build_dataset(root, "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT))
+    return build_dataset(root, "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT), bad_images="skip")
 
 
 def _crafted_model(favoured: int) -> torch.nn.Module:
@@ -60,7 +61,7 @@ def test_counts_match_an_independent_computation(dataset):
     assert result["images"] == TOTAL
     assert result["top1"] == pytest.approx(100.0 * top1 / TOTAL)
     assert result["top5"] == pytest.approx(100.0 * top5 / TOTAL)
-    assert result["replaced"] == []
+    assert result["skipped"] == []
     assert "real_top1" not in result
     # A plain Batch loader (no indices) gives the same counts.
     plain = build_loader(dataset, batch_size=4, workers=0, train=False, pin_memory=False, persistent=False)
@@ -85,7 +86,9 @@ def test_amp_bf16(dataset):
 
 def test_shard_dataset_counts_every_sample_once(root, tmp_path):
     make_shards(root, tmp_path / "shards", shard_size=3, splits=["val"], progress=False)
-    shards = build_dataset(tmp_path / "shards", "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT))
+    shards = build_dataset(
+        tmp_path / "shards", "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT), bad_images="skip"
+    )
     result = evaluate(_crafted_model(favoured=1), build_eval_loader(shards, 2, 0), "cpu")
     assert (result["images"], result["top1"]) == (TOTAL, pytest.approx(top1_of(1)))
 
@@ -107,3 +110,41 @@ def test_real_labels_need_indices(dataset):
     plain = build_loader(dataset, batch_size=4, workers=0, train=False, pin_memory=False, persistent=False)
     with pytest.raises(ValueError, match="index"):
         evaluate(_crafted_model(favoured=0), plain, "cpu", real_labels=[[0]] * TOTAL)
+
+
+@pytest.fixture(scope="module")
+def bad_root(tmp_path_factory):
+    """The COUNTS split with its last file (class c, the last sample) made unreadable."""
+    root = make_val_split(tmp_path_factory.mktemp("bad"))
+    last = sorted((root / "val" / "c").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:150])  # truncated JPEG
+    return root, last
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_bad_file_is_skipped_not_counted(bad_root, batch_size):
+    root, bad = bad_root
+    dataset = build_dataset(root, "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT), bad_images="skip")
+    result = evaluate(_crafted_model(favoured=2), build_eval_loader(dataset, batch_size, 0), "cpu")
+    # Class c (index 2) keeps 3 of its 4 images, out of 6 evaluated: nothing replaced the bad one.
+    assert (result["images"], result["skipped"]) == (TOTAL - 1, [str(bad)])
+    assert result["top1"] == pytest.approx(100.0 * (COUNTS["c"] - 1) / (TOTAL - 1))
+    assert "replaced" not in result
+
+
+def test_bad_last_shard_sample_is_reported(bad_root, tmp_path):
+    root, bad = bad_root
+    make_shards(root, tmp_path / "shards", shard_size=3, splits=["val"], progress=False)
+    shards = build_dataset(
+        tmp_path / "shards", "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT), bad_images="skip"
+    )
+    result = evaluate(_crafted_model(favoured=0), build_eval_loader(shards, 2, 0), "cpu")
+    assert result["images"] == TOTAL - 1 and len(result["skipped"]) == 1
+    assert result["skipped"][0].startswith("val-000002.tar:c__") and result["skipped"][0].endswith(bad.stem)
+    assert result["top1"] == pytest.approx(100.0 * COUNTS["a"] / (TOTAL - 1))
+
+
+def test_refuses_a_dataset_that_replaces_bad_files(root):
+    replacing = build_dataset(root, "val", transform=eval_transform(IMAGE_SIZE, CROP_PCT))  # training's default
+    with pytest.raises(ValueError, match="bad_images='skip'"):
+        evaluate(torch.nn.Identity(), build_eval_loader(replacing, 2, 0), "cpu")
