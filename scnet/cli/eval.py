@@ -2,10 +2,12 @@
 
 Reads this project's training checkpoints (model name, classes and evaluation image size come from
 their ``config``, unless given here) and the original release's bare state_dicts (``--model`` names the
-architecture). A file that does not decode is skipped and listed (``skipped`` in the JSON), never
-counted. Launched by ``torchrun``, every process evaluates its share and the counts are summed: the
-numbers are exactly those of one process. ``--batch-size`` is global, split across processes (as the
-trainer's ``data.batch_size``).
+architecture). Labels follow the checkpoint's class list (its training split's classes), so a val split
+that lacks some classes is labelled right; a bare state_dict takes ``<data>/classes.txt`` when present,
+else the split's sorted folder names. A file that does not decode is skipped and listed (``skipped`` in
+the JSON), never counted. Launched by ``torchrun``, every process evaluates its share and the counts are
+summed: the numbers are exactly those of one process. ``--batch-size`` is global, split across processes
+(as the trainer's ``data.batch_size``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader
 from scnet.data.builtin import DEMO_FOLDER, resolve_root
 from scnet.data.decode import BadImageError
 from scnet.data.device import DevicePreprocess
-from scnet.data.folders import load_real_labels
+from scnet.data.folders import is_imagenet_v2, load_real_labels, read_class_list
 from scnet.data.loader import build_dataset, skipped_summary
 from scnet.data.shards import ShardError
 from scnet.data.transforms import INTERPOLATIONS, eval_transform
@@ -88,8 +90,10 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
 
 
-def inspect_checkpoint(path: Path, ema: bool = False) -> tuple[dict, dict, bool]:
-    """``(state_dict, config, is_training_checkpoint)`` of ``path``; the state_dict is the EMA one with ``ema``.
+def inspect_checkpoint(path: Path, ema: bool = False) -> tuple[dict, dict, bool, list[str] | None]:
+    """``(state_dict, config, is_training_checkpoint, classes)`` of ``path``; the state_dict is the EMA one
+    with ``ema``; ``classes`` is the class list a training checkpoint saved (None for older ones and bare
+    state_dicts).
 
     Raises:
         CheckpointError: missing or unreadable file, not a state_dict, or ``ema`` without EMA weights.
@@ -119,7 +123,10 @@ def inspect_checkpoint(path: Path, ema: bool = False) -> tuple[dict, dict, bool]
     else:
         state_dict = obj[next(k for k in _MODEL_KEYS if isinstance(obj.get(k), dict))] if training else obj
     config = obj.get("config") if training else None
-    return state_dict, (config if isinstance(config, dict) else {}), training
+    classes = obj.get("classes") if training else None
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: its 'classes' is not a list of class names")
+    return state_dict, (config if isinstance(config, dict) else {}), training, classes
 
 
 def _section(config: dict, name: str) -> dict:
@@ -194,6 +201,29 @@ def _num_classes(args: argparse.Namespace, config: dict, state_dict: dict, model
     return int(num_classes)
 
 
+def _class_source(checkpoint: Path, classes: list[str] | None, data: Path, split: str) -> str:
+    """Where the labels' class list comes from, as the JSON reports it."""
+    if classes is not None:
+        return f"checkpoint {checkpoint}"
+    folder = data / split
+    # build_dataset reads classes.txt for ImageFolder trees only: shards have their index, V2 its numbers.
+    if read_class_list(data) is not None and not (folder / "index.json").is_file() and not is_imagenet_v2(folder):
+        return str(data / "classes.txt")
+    return str(folder)
+
+
+def _check_class_count(count: int, num_classes: int, source: str, folder: Path) -> None:
+    """The labels' class list (``count`` classes, from ``source``) must be the model's outputs, one for one."""
+    if count == num_classes:
+        return
+    if source != str(folder):
+        raise ValueError(f"{source} lists {count} classes but the model has {num_classes} outputs")
+    raise ValueError(
+        f"{folder} has {count} classes but the model has {num_classes} outputs "
+        "(a partial split needs <data>/classes.txt listing every class)"
+    )
+
+
 def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
     """Read the checkpoint and the data, build and load the model; raise ValueError (one line) on bad input."""
     if args.batch_size < 1 or args.workers < 0:
@@ -201,28 +231,28 @@ def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
             f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size}, {args.workers}"
         )
     checkpoint = Path(args.checkpoint)
-    state_dict, config, training = inspect_checkpoint(checkpoint, ema=args.ema)
+    state_dict, config, training, classes = inspect_checkpoint(checkpoint, ema=args.ema)
     name = _model_name(args, config, training)
     image_size, crop_pct, interpolation = _settings(args, config, name)
     num_classes = _num_classes(args, config, state_dict, name)
     del state_dict  # only its head's shape was needed; load_weights reads the weights strictly
+    if classes is not None and len(classes) != num_classes:
+        raise CheckpointError(f"{checkpoint}: it lists {len(classes)} classes but its classifier has {num_classes}")
     model = create_model(name, num_classes=num_classes)  # ValueError naming close names when unknown
     min_size = getattr(model, "min_input_size", 1)
     if image_size < min_size:  # fail now, not after the data has been read
         raise ValueError(f"image size {image_size} is below {name}'s minimum of {min_size} px")
     data = resolve_root(args.data, key="--data")  # never drawn here: the demo set must exist
+    source = _class_source(checkpoint, classes, data, args.split)
     dataset = build_dataset(
         data,
         args.split,
         transform=eval_transform(image_size, crop_pct, interpolation),
         bad_images="raise" if args.strict else "skip",
+        classes=classes,
+        classes_from=f"the classes of {checkpoint}",
     )
-    classes = len(dataset.classes)  # type: ignore[attr-defined]
-    if classes != num_classes:
-        raise ValueError(
-            f"{data / args.split} has {classes} classes but the model has {num_classes} outputs "
-            "(a partial split needs <data>/classes.txt listing every class)"
-        )
+    _check_class_count(len(dataset.classes), num_classes, source, data / args.split)
     real_labels = None
     if args.real_labels:
         samples = getattr(dataset, "samples", None)
@@ -240,6 +270,7 @@ def prepare(args: argparse.Namespace, device: torch.device, world: int) -> Job:
         "data": str(data),
         "split": args.split,
         "num_classes": num_classes,
+        "classes_from": source,
         "image_size": image_size,
         "crop_pct": crop_pct,
         "interpolation": interpolation,

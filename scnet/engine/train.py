@@ -82,6 +82,7 @@ def _resolve_data_root(cfg: Config, info: DistInfo) -> Path:
 
 
 def _prepare_data(cfg: Config, info: DistInfo):
+    """Train and val datasets; the val split is indexed by the training split's class list."""
     root = _resolve_data_root(cfg, info)
     d = cfg.data
     train_tf = train_transform(
@@ -97,13 +98,21 @@ def _prepare_data(cfg: Config, info: DistInfo):
     # A bad training file is replaced (the batch stays full); a bad val file is skipped (counted once, never twice).
     train_bad, val_bad = ("raise", "raise") if d.strict else ("replace", "skip")
     train_ds = build_dataset(root, d.train_split, train_tf, bad_images=train_bad, seed=cfg.train.seed, shuffle=True)
-    val_ds = build_dataset(root, d.val_split, eval_tf, bad_images=val_bad, seed=cfg.train.seed)
-    classes = getattr(train_ds, "classes", None)
-    if classes is not None and len(classes) != cfg.model.num_classes:
+    classes = list(train_ds.classes)
+    if len(classes) != cfg.model.num_classes:
         raise RunError(
             f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes"
         )
-    return train_ds, val_ds
+    val_ds = build_dataset(
+        root,
+        d.val_split,
+        eval_tf,
+        bad_images=val_bad,
+        seed=cfg.train.seed,
+        classes=classes,
+        classes_from=f"the classes of the training split {root / d.train_split}",
+    )
+    return train_ds, val_ds, classes
 
 
 def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
@@ -120,6 +129,20 @@ def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
         f"the whole run is warm-up: the lr rises linearly from {s.warmup_lr:.3g} to {last:.3g} at the last step, "
         f"below the peak {cfg.peak_lr:.3g}, and {after}",
         file=sys.stderr,
+    )
+
+
+def _check_resume_classes(resume_path: Path, state: dict, classes: list[str], root: str) -> None:
+    """A resumed run must index the classes as the checkpoint's run did (absent in older checkpoints)."""
+    saved = state.get("classes")
+    if saved is None or list(saved) == classes:
+        return
+    missing = [c for c in saved if c not in classes]
+    new = [c for c in classes if c not in saved]
+    what = f"{missing[0]!r} is missing" if missing else f"{new[0]!r} is new" if new else "in another order"
+    raise RunError(
+        f"{resume_path}: its run trained on {len(saved)} classes, the training split of data.root={root} "
+        f"has {len(classes)} ({what}); resume with the same classes"
     )
 
 
@@ -172,7 +195,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
 
     # Data.
-    train_ds, val_ds = _prepare_data(cfg, info)
+    train_ds, val_ds, classes = _prepare_data(cfg, info)
     micro_batch = cfg.micro_batch_size(info.world_size)
     train_loader = build_loader(train_ds, micro_batch, cfg.data.workers, train=True, seed=cfg.train.seed)
     val_loader = build_eval_loader(val_ds, max(micro_batch, 1), cfg.data.workers)
@@ -244,6 +267,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             raise RunError(
                 f"{resume_path}: not a training checkpoint of scnet-train (use model.pretrained for weights)"
             )
+        _check_resume_classes(resume_path, state, classes, cfg.data.root)
         check_compatible(model, state["model"], str(resume_path))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -282,6 +306,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             "best_top1": best_top1,
             "rng": rngs,
             "config": config_to_dict(cfg),
+            "classes": classes,  # index -> class name: scnet-eval labels any val split by it
             **(extra or {}),
         }
         if ema is not None:

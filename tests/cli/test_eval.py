@@ -234,6 +234,67 @@ def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsy
 
 
 # --------------------------------------------------------------------------------------------------
+# Class lists: the checkpoint's wins
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    """A val split that lacks the first of 4 training classes (a b c d), a checkpoint that saved the list."""
+    tmp = tmp_path_factory.mktemp("partial")
+    data = make_tree(tmp / "data" / "val", {"b": 1, "c": 3, "d": 1}).parent
+    crafted = crafted_state_dict(favoured=2, num_classes=4)  # predicts class 2, "c"
+    config = {**CONFIG, "model": {"name": "scnet50", "num_classes": 4}}
+    paths = {"data": data, "checkpoint": tmp / "best.pth", "bare": tmp / "bare.pth", "old": tmp / "old.pth"}
+    torch.save({"model": crafted, "config": config, "classes": ["a", "b", "c", "d"]}, paths["checkpoint"])
+    torch.save({"model": crafted, "config": config}, paths["old"])  # a checkpoint from before class lists
+    torch.save(crafted, paths["bare"])
+    return paths
+
+
+def _result(capsys, tmp_path, checkpoint, data, *extra) -> dict:
+    """Run scnet-eval (in-process) and read its JSON; the run must succeed."""
+    out_json = tmp_path / f"{len(list(tmp_path.glob('*.json')))}.json"
+    code, _, err = _run(capsys, "--checkpoint", checkpoint, "--data", data, *extra, "--json", out_json)
+    assert code == 0, err
+    return json.loads(out_json.read_text())
+
+
+def test_checkpoint_class_list_labels_a_partial_split(partial, tmp_path, capsys):
+    data = partial["data"]
+    bare = ["--model", "scnet50", "--image-size", IMAGE_SIZE, "--crop-pct", CROP_PCT]
+    results = {"checkpoint": _result(capsys, tmp_path, partial["checkpoint"], data)}
+    # Without a class list, the release's bare state_dict cannot be evaluated on a partial split ...
+    code, _, err = _run(capsys, "--checkpoint", partial["bare"], "--data", data, *bare)
+    assert code == 2 and "has 3 classes but the model has 4 outputs" in err
+    # ... with a hand-written classes.txt it can, and gives the same numbers as the checkpoint's own list.
+    (data / "classes.txt").write_text("a\nb\nc\nd\n")
+    try:
+        results["bare + classes.txt"] = _result(capsys, tmp_path, partial["bare"], data, *bare)
+        results["old + classes.txt"] = _result(capsys, tmp_path, partial["old"], data)
+        # A classes.txt that disagrees does not override the checkpoint's list.
+        (data / "classes.txt").write_text("d\nc\nb\na\n")
+        results["checkpoint over classes.txt"] = _result(capsys, tmp_path, partial["checkpoint"], data)
+    finally:
+        (data / "classes.txt").unlink()
+    expected = 100.0 * 3 / 5  # the 3 images of c, out of 5; a val split indexed on its own would give d's 1 of 5
+    for case, result in results.items():
+        assert (result["images"], result["top1"]) == (5, pytest.approx(expected)), case
+    own = f"checkpoint {partial['checkpoint']}"
+    assert results["checkpoint"]["classes_from"] == results["checkpoint over classes.txt"]["classes_from"] == own
+    assert results["bare + classes.txt"]["classes_from"] == str(data / "classes.txt")
+
+
+def test_val_folder_outside_the_checkpoint_classes_is_one_line(partial, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(partial["data"], data)
+    make_tree(data / "val", {"e": 1})
+    code, out, err = _run(capsys, "--checkpoint", partial["checkpoint"], "--data", data)
+    assert code == 2 and out == ""
+    assert err.startswith(f"scnet-eval: error: {data / 'val' / 'e'}: class folder 'e' is not in the classes of ")
+    assert err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------
 # --data demo: the built-in set at data/demo, never drawn here
 
 

@@ -112,6 +112,17 @@ def test_refuses_to_overwrite_a_run(demo, straight_run, capsys):
     assert (straight_run / "last.pth").stat().st_mtime_ns == mtime
 
 
+def _make_renamed_class(demo: Path, tmp_path: Path) -> Path:
+    """The demo set with its first class under another name: 10 classes, not those of the demo's runs."""
+    import shutil
+
+    root = tmp_path / "renamed"
+    shutil.copytree(demo, root, ignore=shutil.ignore_patterns("classes.txt"))
+    for split in ("train", "val"):
+        (root / split / "00_circle").rename(root / split / "00_disc")
+    return root
+
+
 def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
     import shutil
 
@@ -138,6 +149,11 @@ def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
             "does not fit scnet50_v1d",
         ),
         ("resume a weights file", ["--resume={ckpt}"], "not a training checkpoint"),
+        (
+            "resume other classes",
+            ["--resume={run}/last.pth", "data.root={renamed}"],
+            "its run trained on 10 classes, the training split of data.root={renamed} has 10 ('00_circle' is missing)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, capsys, case, extra, message):
@@ -148,8 +164,10 @@ def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, 
 
         torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), ckpt)
     empty = _make_empty_class(demo, tmp_path) if "{empty}" in extra[0] else None
-    extra = [e.format(tmp=tmp_path, empty=empty, ckpt=ckpt, run=straight_run) for e in extra]
-    message = message.format(tmp=tmp_path)
+    renamed = _make_renamed_class(demo, tmp_path) if "{renamed}" in " ".join(extra) else None
+    names = dict(tmp=tmp_path, empty=empty, ckpt=ckpt, run=straight_run, renamed=renamed)
+    extra = [e.format(**names) for e in extra]
+    message = message.format(**names)
     code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out), *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2
