@@ -88,7 +88,7 @@ def test_torchscript_gives_the_eager_outputs(name, mode):
     if mode == "train":  # the fused BN's running statistics are written back in scripted code too
         want, got = _bn_buffers(eager), _bn_buffers(scripted)
         for key in want:
-            _close(got[key].double(), want[key].double(), msg=key)
+            _close(got[key].float(), want[key].float(), msg=key)
 
 
 def test_torchscript_runs_the_fused_reductions():
@@ -309,7 +309,7 @@ def test_compile_fullgraph(name, mode):
         for (key, p), (_, q) in zip(compiled_copy.named_parameters(), eager.named_parameters(), strict=True):
             _close(p.grad, q.grad, msg=key)
         for key, value in _bn_buffers(eager).items():
-            _close(_bn_buffers(compiled_copy)[key].double(), value.double(), msg=key)
+            _close(_bn_buffers(compiled_copy)[key].float(), value.float(), msg=key)
 
 
 @pytest.mark.slow
@@ -329,7 +329,7 @@ def test_compile_inductor_block_train_step():
     for (key, p), (_, q) in zip(compiled_copy.named_parameters(), block.named_parameters(), strict=True):
         _close(p.grad, q.grad, msg=key)
     for key, value in _bn_buffers(block).items():
-        _close(_bn_buffers(compiled_copy)[key].double(), value.double(), msg=key)
+        _close(_bn_buffers(compiled_copy)[key].float(), value.float(), msg=key)
 
 
 @pytest.mark.parametrize("name", PARAMS)
