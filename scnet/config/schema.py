@@ -26,6 +26,8 @@ OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["step", "cosine"]
 AmpMode = Literal["none", "bf16", "fp16"]
 Interpolation = Literal["bilinear", "bicubic"]
+PoolType = Literal["avg", "max"]
+Upsample = Literal["nearest", "bilinear"]
 
 
 class ConfigError(ValueError):
@@ -72,6 +74,22 @@ class ModelConfig:
         0.0, "stochastic depth rate of the last block (linearly increasing over blocks); 0 = off"
     )
     zero_init_last: bool = _key(False, "zero-init each residual block's last BN gamma (off in the authors' recipe)")
+    # SCConv's calibration, k3(x) * sigmoid(x + up(k2(pool_r(x)))): the ablation table's options. The defaults are
+    # the release's; none of them changes the state_dict, so a checkpoint's config must say which ones it used.
+    pooling_r: int = _key(4, "SC models: SCConv's down-sampling factor r (the release: 4)")
+    pool_type: PoolType = _key("avg", "SC models: SCConv's down-sampling pool, avg or max (the release: avg)")
+    pool_ceil_mode: bool = _key(
+        False,
+        "SC models: ceil instead of floor in SCConv's pool, so a map smaller than r keeps one (partial) window; "
+        "needed for r=8 at 224 px, where floor leaves nothing of the 7x7 last map (the release floors)",
+    )
+    calib_identity: bool = _key(
+        True, "SC models: keep the identity term inside the sigmoid, sigmoid(x + up(...)) (the release: true)"
+    )
+    upsample: Upsample = _key(
+        "nearest",
+        "SC models: up-sampling of the calibration context (the release's code: nearest; the paper: bilinear)",
+    )
     channels_last: bool = _key(
         True, "NHWC memory format for model and inputs (faster convs on tensor-core GPUs; off on CPU)"
     )
@@ -298,6 +316,7 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     need(bool(m.name.strip()), "model.name", "must not be empty")
     need(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
     need(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {m.drop_path_rate}")
+    need(m.pooling_r >= 1, "model.pooling_r", f"must be >= 1, got {m.pooling_r}")
 
     need(d.image_size >= 32, "data.image_size", f"must be >= 32, got {d.image_size}")
     need(d.batch_size >= 1, "data.batch_size", f"must be >= 1, got {d.batch_size}")

@@ -34,6 +34,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
 from ..models.weights import check_compatible
 from . import checkpoint as ckpt
+from .build import model_options
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
 
@@ -148,13 +149,7 @@ def _check_resume_classes(resume_path: Path, state: dict, classes: list[str], ro
 
 def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
     m = cfg.model
-    model = create_model(
-        m.name,
-        num_classes=m.num_classes,
-        pretrained=m.pretrained,
-        drop_path_rate=m.drop_path_rate,
-        zero_init_last=m.zero_init_last,
-    )
+    model = create_model(m.name, num_classes=m.num_classes, pretrained=m.pretrained, **model_options(m))
     minimum = getattr(model, "min_input_size", 0)
     if cfg.data.image_size < minimum:
         raise RunError(f"data.image_size={cfg.data.image_size} is below {m.name}'s minimum of {minimum} px")
