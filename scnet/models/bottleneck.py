@@ -18,7 +18,9 @@ class SCBottleneck(nn.Module):
 
     Tensor names follow the original release (``conv1_a``, ``bn1_a``, ``k1``, ``scconv``, ...), so
     its checkpoints load unmodified. ``width`` is the width a plain bottleneck would have; each
-    branch gets half of it, which keeps params and MACs at or below the plain block's.
+    branch gets half of it, which keeps params and MACs at or below the plain block's. ``pooling_r``,
+    ``min_input_size``, ``pool_type``, ``pool_ceil_mode``, ``calib_identity`` and ``upsample`` go to the
+    :class:`SCConv`.
     """
 
     expansion = 4
@@ -41,6 +43,10 @@ class SCBottleneck(nn.Module):
         drop_path_rate: float = 0.0,
         pooling_r: int = 4,
         min_input_size: int = 0,
+        pool_type: str = "avg",
+        pool_ceil_mode: bool = False,
+        calib_identity: bool = True,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
@@ -54,7 +60,18 @@ class SCBottleneck(nn.Module):
         self.avd_layer = nn.AvgPool2d(3, stride, padding=1) if avd else None
         conv_stride = 1 if avd else stride
         self.k1 = conv_bn(half, half, conv_stride, dilation, cardinality)
-        self.scconv = SCConv(half, conv_stride, dilation, cardinality, pooling_r, min_input_size)
+        self.scconv = SCConv(
+            half,
+            conv_stride,
+            dilation,
+            cardinality,
+            pooling_r=pooling_r,
+            min_input_size=min_input_size,
+            pool_type=pool_type,
+            pool_ceil_mode=pool_ceil_mode,
+            calib_identity=calib_identity,
+            upsample=upsample,
+        )
         self.conv3 = nn.Conv2d(2 * half, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.se = create_attn(attn_layer, out_chs) if attn_layer else None

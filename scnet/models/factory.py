@@ -36,10 +36,21 @@ def create_model(
         pretrained: path to weights: a published ``.pth`` file of the original release, a
             ``.safetensors`` file, or one of this project's checkpoints. Nothing is downloaded.
         **overrides: model options, e.g. ``drop_path_rate=0.1``, ``zero_init_last=True``,
-            ``output_stride=16``, ``features_only=True, out_indices=(1, 2, 3, 4)``.
+            ``output_stride=16``, ``features_only=True, out_indices=(1, 2, 3, 4)``. SC models also take
+            the options of SCConv's calibration ``sigmoid(x + up(k2(pool_r(x))))``, whose defaults are the
+            release's: ``pooling_r=4`` (the factor r), ``pool_type="avg"`` (or ``"max"``),
+            ``pool_ceil_mode=False`` (True: the pool rounds up, so a map smaller than r, such as the 7x7
+            last map at 224 px with r=8, is one partial window averaged over the pixels it covers),
+            ``calib_identity=True`` (False: ``sigmoid(up(...))`` without the ``x +`` term) and
+            ``upsample="nearest"`` (or ``"bilinear"``, with ``align_corners=False``). They change the
+            function, never the state_dict, so a checkpoint loads into any of them: build with the options
+            it was trained with. The model's ``min_input_size`` attribute follows them
+            (``(r - 1) * output_stride + 1`` px, or 1 px in ceil mode); ``pretrained_cfg["min_input_size"]``
+            stays the registered name's (97 px).
 
     Raises:
-        ValueError: unknown ``name`` (with the closest names suggested).
+        ValueError: unknown ``name`` (with the closest names suggested), or an invalid SCConv option
+            (e.g. ``pool_type="min"``, ``upsample="bicubic"``, ``pooling_r=0``).
         CheckpointError: unreadable ``pretrained`` file, or one of another architecture.
     """
     known = list_models()

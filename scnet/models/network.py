@@ -12,7 +12,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from .bottleneck import SCBottleneck
-from .scconv import InputTooSmallError
+from .scconv import InputTooSmallError, check_calibration_options, min_feature_size
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -29,7 +29,7 @@ def check_input_size(x: torch.Tensor, min_input_size: int, pooling_r: int) -> to
     if h < min_input_size or w < min_input_size:
         raise InputTooSmallError(
             f"input {h}x{w} is too small: this SCNet needs at least {min_input_size}x{min_input_size} px "
-            f"(its r={pooling_r} pooling in the last stage would be empty)"
+            f"(its r={pooling_r} pooling would find no window in the last stage's map)"
         )
     return x
 
@@ -83,6 +83,23 @@ class SCNet(nn.Module):
         drop_path_rate: stochastic depth, linearly increasing to this rate over the blocks.
         zero_init_last: zero each block's last BN gamma at init.
         global_pool: pooling type of the head (timm's ``SelectAdaptivePool2d``).
+        pooling_r: SCConv's down-sampling factor ``r`` (the release: 4).
+        pool_type: SCConv's down-sampling pool, ``"avg"`` (the release) or ``"max"``.
+        pool_ceil_mode: ceil instead of floor in that pool (the release floors): a map that is not a
+            multiple of ``r`` ends in a partial window over the pixels it covers (an average divides by
+            their number), and a map smaller than ``r`` is one such window. Needed for ``r=8`` at 224 px,
+            where flooring leaves nothing of the last stage's 7x7 map.
+        calib_identity: the gate is ``sigmoid(x + up(k2(pool(x))))`` (True, the release) or
+            ``sigmoid(up(k2(pool(x))))`` (False).
+        upsample: up-sampling of ``k2``'s output, ``"nearest"`` (the release's code) or ``"bilinear"``
+            (the paper's text; ``align_corners=False``, PyTorch's default).
+
+    None of the SCConv options changes the parameters or the state_dict. They change the smallest input
+    the network accepts, :attr:`min_input_size`: ``(r - 1) * output_stride + 1`` px when the pool floors
+    (97 for the release), 1 px when it ceils.
+
+    Raises:
+        ValueError: an invalid option, e.g. ``pool_type="min"`` or ``pooling_r=0``.
     """
 
     def __init__(
@@ -103,8 +120,13 @@ class SCNet(nn.Module):
         zero_init_last: bool = False,
         global_pool: str = "avg",
         pooling_r: int = 4,
+        pool_type: str = "avg",
+        pool_ceil_mode: bool = False,
+        calib_identity: bool = True,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
+        check_calibration_options(pooling_r, pool_type, pool_ceil_mode, calib_identity, upsample)
         if in_chans != 3:
             raise ValueError(f"SCNet takes 3-channel images, got in_chans={in_chans}")
         if output_stride not in (8, 16, 32):
@@ -112,9 +134,9 @@ class SCNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        # Every stride is a ceil-halving, so the last map is ceil(size / output_stride): it must
-        # hold at least one r x r pooling window.
-        self.min_input_size = (pooling_r - 1) * output_stride + 1
+        # Every stride is a ceil-halving, so the last map is ceil(size / output_stride), and SCConv's pool needs
+        # m = r px there (floor) or 1 px (ceil): ceil(size / output_stride) >= m <=> size >= (m - 1) * stride + 1.
+        self.min_input_size = (min_feature_size(pooling_r, pool_ceil_mode) - 1) * output_stride + 1
         self.pooling_r = pooling_r
 
         stem_chs = stem_width * 2 if deep_stem else 64
@@ -159,6 +181,10 @@ class SCNet(nn.Module):
                         drop_path_rate=drop_path_rate * block_idx / max(total_blocks - 1, 1),
                         pooling_r=pooling_r,
                         min_input_size=self.min_input_size,
+                        pool_type=pool_type,
+                        pool_ceil_mode=pool_ceil_mode,
+                        calib_identity=calib_identity,
+                        upsample=upsample,
                     )
                 )
                 in_chs = out_chs
@@ -212,7 +238,7 @@ class SCNet(nn.Module):
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
 
     def check_input_size(self, x: torch.Tensor) -> None:
-        """Fail with a clear message when ``x`` is too small for the r=4 pooling of the last stage."""
+        """Fail with a clear message when ``x`` is below :attr:`min_input_size` (SCConv's pooling in the last stage)."""
         check_input_size(x, self.min_input_size, self.pooling_r)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:

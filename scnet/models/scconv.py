@@ -7,28 +7,60 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+POOL_TYPES = ("avg", "max")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
 
 class InputTooSmallError(ValueError):
-    """Raised when an input is too small for SCConv's r=4 average pooling."""
+    """Raised when an input is too small for SCConv's r x r pooling (the last stage's map holds no window)."""
 
 
-def check_feature_size(x: torch.Tensor, pooling_r: int, min_input_size: int) -> torch.Tensor:
-    """Return ``x`` unchanged, or raise :class:`InputTooSmallError` if it cannot hold one ``r x r`` pool window.
+def check_calibration_options(
+    pooling_r: int, pool_type: str, pool_ceil_mode: bool, calib_identity: bool, upsample: str
+) -> None:
+    """Raise ``ValueError`` naming the option and its allowed values if any SCConv option is invalid."""
+    # bool is an int subclass: pooling_r=True would silently mean r=1.
+    if not isinstance(pooling_r, int) or isinstance(pooling_r, bool) or pooling_r < 1:
+        raise ValueError(f"pooling_r must be an integer >= 1, got {pooling_r!r}")
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"pool_type must be one of {', '.join(map(repr, POOL_TYPES))}, got {pool_type!r}")
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {', '.join(map(repr, UPSAMPLE_MODES))}, got {upsample!r}")
+    # A string such as "false" would be truthy: only real booleans.
+    for key, value in (("pool_ceil_mode", pool_ceil_mode), ("calib_identity", calib_identity)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be True or False, got {value!r}")
+
+
+def min_feature_size(pooling_r: int, pool_ceil_mode: bool) -> int:
+    """The smallest map SCConv's pool accepts: one whole ``r x r`` window when it floors, 1 px when it ceils
+    (a map smaller than ``r`` is then one partial window)."""
+    return 1 if pool_ceil_mode else pooling_r
+
+
+def check_feature_size(x: torch.Tensor, pooling_r: int, min_size: int, min_input_size: int) -> torch.Tensor:
+    """Return ``x`` unchanged, or raise :class:`InputTooSmallError` if it is below ``min_size`` (see
+    :func:`min_feature_size`) in height or width.
 
     ``min_input_size`` (0 = unknown) is the network input size that would have been enough; it only
     makes the message useful. Returning ``x`` keeps the check in FX graphs (dead-code elimination
     removes calls whose result nobody uses).
     """
     h, w = x.shape[-2], x.shape[-1]
-    if h < pooling_r or w < pooling_r:
+    if h < min_size or w < min_size:
         hint = f" (network inputs of at least {min_input_size} px)" if min_input_size > 0 else ""
-        raise InputTooSmallError(f"SCConv needs a feature map of at least {pooling_r}x{pooling_r}{hint}, got {h}x{w}")
+        raise InputTooSmallError(
+            f"SCConv's r={pooling_r} pooling needs a feature map of at least {min_size}x{min_size}{hint}, got {h}x{w}"
+        )
     return x
 
 
-def upsample_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``y`` resized (nearest) to the spatial size of ``x``, as the release does it."""
-    return F.interpolate(y, size=x.shape[-2:], mode="nearest")
+def upsample_like(y: torch.Tensor, x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """``y`` resized to the spatial size of ``x``: ``nearest`` as the release does it, or ``bilinear``
+    (``align_corners=False``, PyTorch's default) as the paper's text says."""
+    if mode == "nearest":
+        return F.interpolate(y, size=x.shape[-2:], mode="nearest")
+    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 # Shape-dependent code stays a single call in FX graphs (symbolic_trace, torchvision's
@@ -55,12 +87,32 @@ def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, group
 
 
 class SCConv(nn.Module):
-    """``k4( k3(x) * sigmoid(x + up(k2(avgpool_r(x)))) )``.
+    """``k4( k3(x) * sigmoid(x + up(k2(pool_r(x)))) )``.
 
     ``k2`` works in a space ``r`` times smaller, giving each position a view of a wide context
     at almost no cost; the result calibrates ``k3``'s response before ``k4`` (which carries the
-    block's stride). Upsampling is ``nearest`` and pooling floors, as in the published weights'
-    training code (the paper's text says bilinear).
+    block's stride). The defaults are the published weights' training code: ``r=4`` average
+    pooling that floors, ``nearest`` upsampling (the paper's text says bilinear), the identity
+    term ``x +`` inside the sigmoid. The other options are the ablation's; none changes the
+    parameters or the state_dict.
+
+    Args:
+        chs: input and output channels.
+        stride: stride of ``k4`` (the block's stride).
+        dilation: dilation of the three 3x3 convs.
+        groups: groups of the three 3x3 convs.
+        pooling_r: down-sampling factor ``r`` of ``k2``'s pool (kernel and stride).
+        min_input_size: network input size below which the pool would be empty; only for the error
+            message (0 = unknown).
+        pool_type: ``"avg"`` or ``"max"`` pooling in ``k2``.
+        pool_ceil_mode: round the pooled size up instead of down, so the last window of a map that is not
+            a multiple of ``r`` (or a whole map smaller than ``r``) is a partial one over the pixels it
+            covers; an average divides by their number.
+        calib_identity: ``sigmoid(x + up(...))`` (True) or ``sigmoid(up(...))`` (False).
+        upsample: ``"nearest"`` or ``"bilinear"`` (with ``align_corners=False``) up-sampling of ``k2``'s output.
+
+    Raises:
+        ValueError: an option outside its allowed values.
     """
 
     def __init__(
@@ -71,20 +123,46 @@ class SCConv(nn.Module):
         groups: int = 1,
         pooling_r: int = 4,
         min_input_size: int = 0,
+        pool_type: str = "avg",
+        pool_ceil_mode: bool = False,
+        calib_identity: bool = True,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
+        check_calibration_options(pooling_r, pool_type, pool_ceil_mode, calib_identity, upsample)
         self.pooling_r = pooling_r
+        self.min_feature_size = min_feature_size(pooling_r, pool_ceil_mode)
         # Input size of the whole network below which this layer's pool would be empty; only
         # used to make the error message useful.
         self.min_input_size = min_input_size
-        self.k2 = nn.Sequential(nn.AvgPool2d(pooling_r, pooling_r), *conv_bn(chs, chs, 1, dilation, groups))
+        self.pool_ceil_mode = pool_ceil_mode  # for extra_repr: AvgPool2d's repr leaves ceil_mode out
+        self.calib_identity = calib_identity
+        self.upsample = upsample
+        # With no padding, count_include_pad changes nothing, and floor mode keeps the release's module as it
+        # was; in ceil mode False states the intent for the partial windows: average over the pixels covered.
+        pool = (
+            nn.MaxPool2d(pooling_r, pooling_r, ceil_mode=pool_ceil_mode)
+            if pool_type == "max"
+            else nn.AvgPool2d(pooling_r, pooling_r, ceil_mode=pool_ceil_mode, count_include_pad=not pool_ceil_mode)
+        )
+        # The pool is k2's parameter-free index 0, so the state_dict is the same for every option.
+        self.k2 = nn.Sequential(pool, *conv_bn(chs, chs, 1, dilation, groups))
         self.k3 = conv_bn(chs, chs, 1, dilation, groups)
         self.k4 = conv_bn(chs, chs, stride, dilation, groups)
 
+    def extra_repr(self) -> str:
+        return (
+            f"pooling_r={self.pooling_r}, pool_ceil_mode={self.pool_ceil_mode}, "
+            f"calib_identity={self.calib_identity}, upsample={self.upsample!r}"
+        )
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The calibration weights ``sigmoid(x + up(k2(avgpool_r(x))))``."""
-        x = check_feature_size(x, self.pooling_r, self.min_input_size)
-        return (x + upsample_like(self.k2(x), x)).sigmoid_()
+        """The calibration weights ``sigmoid(x + up(k2(pool_r(x))))``, or ``sigmoid(up(...))`` without identity."""
+        x = check_feature_size(x, self.pooling_r, self.min_feature_size, self.min_input_size)
+        context = upsample_like(self.k2(x), x, self.upsample)
+        if self.calib_identity:
+            return (x + context).sigmoid_()
+        return context.sigmoid_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.k4(self.k3(x) * self.gate(x))

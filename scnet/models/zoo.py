@@ -54,7 +54,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         # The smallest input whose last 1/32 map still holds one r=4 pooling window (timm's key, read by
-        # its tools when they pick an input size).
+        # its tools when they pick an input size). Per name, so the release's options: a model built with
+        # other SCConv options states its own minimum in its min_input_size attribute.
         "min_input_size": (3, 97, 97),
         "pool_size": (7, 7),
         "crop_pct": 0.875,
