@@ -1,0 +1,415 @@
+"""One path from a checkpoint file to a ready model and its accuracy, shared by every consumer of a checkpoint.
+
+:func:`load_checkpoint` reads this project's training checkpoints (``{"model", "model_ema", "config",
+"classes", ...}``) and the original release's bare state_dicts (``.pth`` or ``.safetensors``), builds the
+model its config describes, SCConv options included (they change what the model computes, not its
+state_dict), loads the weights strictly and resolves the evaluation transform. :func:`prepare_evaluation`
+reads a data split for it, labelled by the checkpoint's class list, and :meth:`Evaluation.run` counts
+exactly, also under torchrun; :func:`evaluate_checkpoint` does both. ``scnet-eval``, the table runner and
+later tools go through here, so that one checkpoint is one model everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models import clean_state_dict, get_pretrained_cfg
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from ..data.device import DevicePreprocess
+from ..data.folders import is_imagenet_v2, load_real_labels, read_class_list
+from ..data.loader import build_dataset, dist_info
+from ..data.transforms import INTERPOLATIONS, eval_transform
+from ..models import CheckpointError, count_macs, count_params, create_model
+from ..models.weights import check_compatible
+from .build import model_options
+from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
+
+# What a model whose default cfg lacks a setting is evaluated at: the release's settings (and timm's usual).
+DEFAULT_IMAGE_SIZE, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION = 224, 0.875, "bilinear"
+# Loader workers per process: a few are enough to keep one evaluation fed, more only cost memory.
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+# Training checkpoints: where the weights sit, EMA first when asked (timm's order, as read_state_dict).
+_EMA_KEYS, _MODEL_KEYS = ("state_dict_ema", "model_ema"), ("state_dict", "model")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint made ready to run: its model, what the model is, and how its inputs are prepared."""
+
+    model: nn.Module  # weights loaded strictly, eval mode, on ``device`` (channels_last on CUDA)
+    name: str  # architecture, as create_model knows it
+    num_classes: int
+    classes: list[str] | None  # index -> class name, as the training split had them (None: not saved)
+    config: dict[str, Any]  # the training run's resolved config ({} for a bare state_dict)
+    options: dict[str, Any]  # create_model options from the config (SCConv options that differ from the release)
+    is_training_checkpoint: bool
+    has_ema: bool  # the file holds EMA weights (model_ema), whichever weights were loaded
+    ema: bool  # the EMA weights were loaded
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    path: Path
+    device: torch.device
+
+    def eval_transform(self) -> v2.Compose:
+        """Decoded uint8 image -> the model's evaluation crop: resize to image_size / crop_pct, centre-crop."""
+        return eval_transform(self.image_size, self.crop_pct, self.interpolation)
+
+    def preprocess(self) -> DevicePreprocess:
+        """uint8 batch on the device -> normalised float, in the memory format the model was placed in."""
+        return DevicePreprocess(self.device, channels_last=self.device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)`` (no code runs), memory-mapped when the format allows: the weights
+    are copied into the model once, never held twice."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
+
+
+def _read_file(path: Path) -> dict:
+    """The dict stored at ``path``: a training checkpoint or a bare state_dict."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path))
+        else:
+            obj = _torch_load(path)
+    except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint or state_dict (a {type(obj).__name__})")
+    return obj
+
+
+def _state_dict(obj: dict, path: Path, ema: bool, training: bool) -> dict[str, torch.Tensor]:
+    """The weights to load: the EMA ones with ``ema``; wrapper prefixes (DDP, torch.compile) removed."""
+    if ema:
+        key = next((k for k in _EMA_KEYS if isinstance(obj.get(k), dict)), None)
+        if key is None:
+            what = "training checkpoint" if training else "bare state_dict"
+            raise CheckpointError(f"{path}: --ema, but this {what} holds no EMA weights (model_ema)")
+        weights = obj[key]
+    else:
+        weights = obj[next(k for k in _MODEL_KEYS if isinstance(obj.get(k), dict))] if training else obj
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a {type(value).__name__})")
+    return clean_state_dict(weights)
+
+
+def _classes(obj: dict, path: Path) -> list[str] | None:
+    classes = obj.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: its 'classes' is not a list of class names")
+    return classes
+
+
+def _section(config: dict, name: str) -> dict:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+
+def _model_name(path: Path, requested: str | None, configured: object, training: bool) -> str:
+    """The architecture: a training checkpoint's config names it, a bare state_dict needs ``requested``."""
+    if isinstance(configured, str) and configured:
+        # Another name would build another function around these weights (and drop the config's options).
+        if requested and requested != configured:
+            raise ValueError(f"{path}: --model {requested}, but its config trained {configured} (leave --model out)")
+        return configured
+    if requested:
+        return requested
+    if training:
+        raise ValueError(f"{path}: its config names no model; name the architecture with --model")
+    raise ValueError(f"{path} is a bare state_dict: name its architecture with --model (e.g. scnet50)")
+
+
+def _num_classes(path: Path, configured: object, state_dict: dict[str, torch.Tensor], head: str) -> int:
+    """The classifier's rows, checked against the config's ``model.num_classes``. They must agree: a model
+    built with another count would keep a fresh head (fine-tuning), never wanted when evaluating."""
+    weight = state_dict.get(f"{head}.weight")
+    rows = int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+    if configured is not None and rows is not None and configured != rows:
+        raise CheckpointError(f"{path}: its config says {configured} classes but its classifier has {rows}")
+    num_classes = rows if rows is not None else configured
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise CheckpointError(f"{path}: no classifier to evaluate (cannot tell the number of classes)")
+    return num_classes
+
+
+def _head_name(name: str) -> str:
+    """The classifier's module name in the state_dict (``fc`` for every ResNet-like zoo model)."""
+    cfg = get_pretrained_cfg(name)
+    return cfg.classifier if cfg is not None and isinstance(cfg.classifier, str) else "fc"
+
+
+def _options(path: Path, model_section: dict) -> dict[str, Any]:
+    try:
+        return model_options(model_section, training=False)
+    except ValueError as e:  # an SC option on a baseline: the file's config is at fault
+        raise CheckpointError(f"{path}: its config's {e}") from e
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (0 and "" count as given, so that they are rejected, not ignored)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _transform_settings(
+    model: nn.Module, data: dict, image_size: int | None, crop_pct: float | None, interpolation: str | None
+) -> tuple[int, float, str]:
+    """Image size, crop_pct and interpolation: as given, else the checkpoint's config, else the model's
+    default cfg (224 px, 0.875, bilinear for the SC models; timm's own for the baselines)."""
+    default = getattr(model, "pretrained_cfg", None) or {}
+    size = _first(image_size, data.get("image_size"), default.get("input_size"), DEFAULT_IMAGE_SIZE)
+    size = size[-1] if isinstance(size, list | tuple) else size  # [3, H, W] or [H, W]
+    crop = _first(crop_pct, data.get("crop_pct"), default.get("crop_pct"), DEFAULT_CROP_PCT)
+    interp = _first(interpolation, data.get("interpolation"), default.get("interpolation"), DEFAULT_INTERPOLATION)
+    if int(size) < 1 or not float(crop) > 0:
+        raise ValueError(f"image size must be positive and crop_pct above 0, got {size} and {crop}")
+    if interp not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interp!r}")
+    return int(size), float(crop), str(interp)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model_name: str | None = None,
+    ema: bool = False,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedCheckpoint:
+    """Read ``path`` and build its model, weights loaded strictly, in eval mode on ``device``.
+
+    Args:
+        path: a training checkpoint of this project, or a bare state_dict (``.pth`` / ``.safetensors``).
+        model_name: the architecture; required for a bare state_dict; for a training checkpoint it may
+            only repeat its config's (another name is an error, not an override).
+        ema: load the EMA weights (``model_ema``); an error when the file holds none.
+        image_size, crop_pct, interpolation: the evaluation transform; each defaults to the checkpoint's
+            ``config["data"]``, else to the model's default cfg.
+        device: where the model runs (channels_last on CUDA).
+
+    The model is built from the config's ``model`` section through
+    :func:`scnet.engine.build.model_options`, so options such as ``pooling_r`` are those it trained with.
+
+    Raises:
+        CheckpointError: missing or unreadable file, not a state_dict, no EMA weights, class counts that
+            disagree, weights of another architecture.
+        ValueError: no architecture named, an unknown one, or transform settings the model cannot take.
+    """
+    path = Path(path)
+    obj = _read_file(path)
+    training = any(isinstance(obj.get(k), dict) for k in _MODEL_KEYS)
+    has_ema = any(isinstance(obj.get(k), dict) for k in _EMA_KEYS)
+    state_dict = _state_dict(obj, path, ema, training)
+    config = obj.get("config") if training and isinstance(obj.get("config"), dict) else {}
+    classes = _classes(obj, path) if training else None
+    del obj  # the optimizer state and the other weights are not needed
+    section = _section(config, "model")
+    name = _model_name(path, model_name, section.get("name"), training)
+    num_classes = _num_classes(path, section.get("num_classes"), state_dict, _head_name(name))
+    if classes is not None and len(classes) != num_classes:
+        raise CheckpointError(f"{path}: it lists {len(classes)} classes but its classifier has {num_classes}")
+    options = _options(path, {**section, "name": name})
+    model = create_model(name, num_classes=num_classes, **options)  # ValueError naming close names when unknown
+    size, crop, interp = _transform_settings(model, _section(config, "data"), image_size, crop_pct, interpolation)
+    min_size = getattr(model, "min_input_size", 1)
+    if size < min_size:  # fail now, not after the data has been read
+        raise ValueError(f"image size {size} is below {name}'s minimum of {min_size} px")
+    check_compatible(model, state_dict, str(path))  # one line naming the first mismatching tensor
+    model.load_state_dict(state_dict)
+    device = torch.device(device)
+    # NHWC convolutions are the fast ones on CUDA; preprocess() hands batches over in the same format.
+    model = model.to(device, memory_format=torch.channels_last) if device.type == "cuda" else model.to(device)
+    model.eval()
+    return LoadedCheckpoint(
+        model=model,
+        name=name,
+        num_classes=num_classes,
+        classes=classes,
+        config=config,
+        options=options,
+        is_training_checkpoint=training,
+        has_ema=has_ema,
+        ema=ema,
+        image_size=size,
+        crop_pct=crop,
+        interpolation=interp,
+        path=path,
+        device=device,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+
+def _class_source(checkpoint: Path, classes: list[str] | None, data: Path, split: str) -> str:
+    """Where the labels' class list comes from, as the results report it (``classes_from``)."""
+    if classes is not None:
+        return f"checkpoint {checkpoint}"
+    folder = data / split
+    # build_dataset reads classes.txt for ImageFolder trees only: shards have their index, V2 its numbers.
+    if read_class_list(data) is not None and not (folder / "index.json").is_file() and not is_imagenet_v2(folder):
+        return str(data / "classes.txt")
+    return str(folder)
+
+
+def _check_class_count(count: int, num_classes: int, source: str, folder: Path) -> None:
+    """The labels' class list (``count`` classes, from ``source``) must be the model's outputs, one for one."""
+    if count == num_classes:
+        return
+    if source != str(folder):
+        raise ValueError(f"{source} lists {count} classes but the model has {num_classes} outputs")
+    raise ValueError(
+        f"{folder} has {count} classes but the model has {num_classes} outputs "
+        "(a partial split needs <data>/classes.txt listing every class)"
+    )
+
+
+@dataclass
+class Evaluation:
+    """A loaded checkpoint and the split it is evaluated on, read and checked; :meth:`run` counts."""
+
+    loaded: LoadedCheckpoint
+    loader: DataLoader
+    real_labels: list[list[int]] | None
+    info: dict[str, Any]  # the settings the results report, in the order they are written
+    progress: bool = False
+
+    def run(self) -> dict[str, Any]:
+        """The results: :attr:`info`, then ``top1``, ``top5``, ``images`` (``real_top1``, ``real_images``),
+        ``skipped``, then ``params`` and ``macs`` on rank 0.
+
+        Under torch.distributed every rank calls this and gets the same counts (summed with all_reduce);
+        params and MACs are counted on rank 0 alone, which needs no collective.
+        """
+        loaded = self.loaded
+        metrics = evaluate(
+            loaded.model,
+            self.loader,
+            loaded.device,
+            self.info["amp"],
+            self.real_labels,
+            self.progress,
+            loaded.preprocess(),
+        )
+        result = {**self.info, **metrics}
+        rank, _ = dist_info()
+        if rank == 0:
+            result["params"] = count_params(loaded.model)
+            result["macs"] = count_macs(loaded.model, loaded.image_size)
+        return result
+
+
+def prepare_evaluation(
+    loaded: LoadedCheckpoint,
+    data_root: str | os.PathLike,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = DEFAULT_WORKERS,
+    amp: str = "none",
+    real_labels: str | os.PathLike | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> Evaluation:
+    """Read ``data_root/split`` for ``loaded``: its evaluation transform, labels by its class list.
+
+    Args:
+        loaded: from :func:`load_checkpoint`.
+        data_root: the data folder (a name such as ``demo`` is resolved by the caller:
+            :func:`scnet.data.builtin.resolve_root`); ``<data_root>/<split>`` is an ImageFolder tree or shards.
+        batch_size: global, split across the processes of torch.distributed.
+        workers: loader workers per process.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``.
+        real_labels: an ImageNet-ReaL ``real.json``: ReaL top-1 is reported too (image folder splits only).
+        strict: a file that does not decode is an error naming it (else it is skipped and listed).
+        progress: a progress bar on stderr (rank 0).
+
+    Labels follow the checkpoint's class list when it saved one, else ``<data_root>/classes.txt``, else
+    the split's folders; they must match the model's outputs one for one. Every rank reads the same
+    files with the same arguments, so an error here is the same on every rank.
+
+    Raises:
+        ValueError: one line naming the folder, file or value at fault.
+    """
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be at least 1 and workers at least 0, got {batch_size}, {workers}")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    data = Path(data_root)
+    source = _class_source(loaded.path, loaded.classes, data, split)
+    dataset = build_dataset(
+        data,
+        split,
+        transform=loaded.eval_transform(),
+        bad_images="raise" if strict else "skip",
+        classes=loaded.classes,
+        classes_from=f"the classes of {loaded.path}",
+    )
+    _check_class_count(len(dataset.classes), loaded.num_classes, source, data / split)
+    real = None
+    if real_labels is not None:
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise ValueError("--real-labels needs an image folder split (shards do not keep the file names)")
+        real = load_real_labels(Path(real_labels), samples)
+    _, world = dist_info()
+    info = {
+        "model": loaded.name,
+        "checkpoint": str(loaded.path),
+        "ema": loaded.ema,
+        "data": str(data),
+        "split": split,
+        "num_classes": loaded.num_classes,
+        "classes_from": source,
+        "image_size": loaded.image_size,
+        "crop_pct": loaded.crop_pct,
+        "interpolation": loaded.interpolation,
+        "amp": amp,
+        "batch_size": batch_size,
+        "world_size": world,
+    }
+    per_process = math.ceil(batch_size / world)
+    loader = build_eval_loader(dataset, per_process, workers, pin_memory=loaded.device.type == "cuda")
+    return Evaluation(loaded, loader, real, info, progress)
+
+
+def evaluate_checkpoint(
+    loaded: LoadedCheckpoint,
+    data_root: str | os.PathLike,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = DEFAULT_WORKERS,
+    amp: str = "none",
+    real_labels: str | os.PathLike | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1 / top-5 (and ReaL) of ``loaded`` on ``data_root/split``: :func:`prepare_evaluation`, then
+    :meth:`Evaluation.run` (see both). Under torch.distributed every rank calls this."""
+    return prepare_evaluation(loaded, data_root, split, batch_size, workers, amp, real_labels, strict, progress).run()
