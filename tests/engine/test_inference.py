@@ -147,23 +147,31 @@ def test_eval_transform_is_the_resolved_one(tmp_path, crafted):
 # Model options: the config's, so that the weights run in the function they trained in
 
 
-def test_model_options_come_from_the_config(tmp_path):
-    weights = random_model().state_dict()  # random weights and BN statistics: outputs depend on everything
-    path = tmp_path / "r2.pth"
-    torch.save({"model": weights, "config": {**CONFIG, "model": {**CONFIG["model"], "pooling_r": 2}}}, path)
-    loaded = load_checkpoint(path)
-    assert loaded.options == {"pooling_r": 2}
+SC_OPTIONS = [
+    {"pooling_r": 2},
+    {"pool_type": "max", "calib_identity": False, "upsample": "bilinear"},
+    {"pooling_r": 8, "pool_ceil_mode": True},  # r=8 floors the 4x4 last map of 112 px to nothing; ceil keeps one
+]
 
-    def built(**options) -> torch.nn.Module:
-        model = scnet.create_model("scnet50", num_classes=3, **options)
+
+@pytest.mark.parametrize("options", SC_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_model_options_come_from_the_config(tmp_path, options):
+    weights = random_model().state_dict()  # random weights and BN statistics: outputs depend on everything
+    path = tmp_path / "options.pth"
+    torch.save({"model": weights, "config": {**CONFIG, "model": {**CONFIG["model"], **options}}}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.options == options
+
+    def built(**kwargs) -> torch.nn.Module:
+        model = scnet.create_model("scnet50", num_classes=3, **kwargs)
         model.load_state_dict(weights)
         return model.eval()
 
     x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out, r2, default = loaded.model(x), built(pooling_r=2)(x), built()(x)
-    torch.testing.assert_close(out, r2, rtol=0, atol=0)
-    assert (out - default).abs().max() > 1e-2  # the same state_dict, another function
+        out = loaded.model(x)
+        torch.testing.assert_close(out, built(**options)(x), rtol=0, atol=0)
+        assert (out - built()(x)).abs().max() > 1e-2  # the release's options: the same state_dict, another function
 
 
 def test_sc_option_on_a_baseline_is_one_line(tmp_path):
