@@ -98,7 +98,7 @@ def test_ema_weights_and_command_line_over_config(files, tmp_path, capsys):
     code, _, err = _run(
         capsys,
         *("--checkpoint", files["training"], "--data", files["data"]),
-        *("--ema", "--image-size", 128, "--json", out_json),
+        *("--ema", "--image-size", 128, "--model", "scnet50", "--json", out_json),  # --model: the config's own
     )
     assert code == 0, err
     result = json.loads(out_json.read_text())
@@ -130,6 +130,10 @@ BAD_INPUTS = {
     "image too small": (["--checkpoint", "{training}", "--data", "{data}", "--image-size", "96"], "97"),
     "bare without --model": (["--checkpoint", "{bare}", "--data", "{data}"], "--model"),
     "--ema without EMA": (["--checkpoint", "{no_ema}", "--data", "{data}", "--ema"], "EMA"),
+    "--model not the checkpoint's": (
+        ["--checkpoint", "{training}", "--data", "{data}", "--model", "sc_seresnet50"],
+        "--model sc_seresnet50, but its config trained scnet50",
+    ),
     "missing real.json": (["--checkpoint", "{training}", "--data", "{data}", "--real-labels", "{tmp}/r.json"], "r.js"),
 }
 
