@@ -12,7 +12,7 @@ import torch
 
 import scnet
 
-from .utils import REFERENCE_DIR, RELEASED, randomize_
+from .utils import REFERENCE_DIR, REFERENCE_FILES, RELEASED, randomize_
 
 # With any other load on the CPU (a benchmark, a second pytest worker), OpenMP's spinning barriers make
 # multi-threaded convs of these small tensors 10-50x slower; one thread is predictable. OMP_NUM_THREADS wins.
@@ -22,8 +22,11 @@ if "OMP_NUM_THREADS" not in os.environ:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"published reference folder not found at {REFERENCE_DIR.resolve()}")
+    """The committed copies of the published reference files (tests/reference)."""
+    # Part of the repository: missing means a broken checkout, which must fail rather than skip.
+    missing = [name for name in REFERENCE_FILES if not (REFERENCE_DIR / name).is_file()]
+    if missing:
+        pytest.fail(f"reference files missing from {REFERENCE_DIR}: {', '.join(missing)}")
     return REFERENCE_DIR
 
 
