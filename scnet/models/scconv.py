@@ -135,7 +135,7 @@ class SCConv(nn.Module):
         # Input size of the whole network below which this layer's pool would be empty; only
         # used to make the error message useful.
         self.min_input_size = min_input_size
-        self.pool_ceil_mode = pool_ceil_mode  # for extra_repr: AvgPool2d's repr leaves ceil_mode out
+        self.pool_ceil_mode = pool_ceil_mode  # also in extra_repr: AvgPool2d's own repr leaves ceil_mode out
         self.calib_identity = calib_identity
         self.upsample = upsample
         # With no padding, count_include_pad changes nothing, and floor mode keeps the release's module as it
