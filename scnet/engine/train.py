@@ -412,6 +412,9 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 "images_per_second": seen * info.world_size / epoch_time,
                 "data_wait": wait / epoch_time,
                 "replaced": len(replaced.names),
+                # What the epoch ran on: device-hours of a run = sum(epoch_time) * world_size.
+                "world_size": info.world_size,
+                "device": info.device.type,
             }
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 val = evaluate(model, val_loader, info.device, cfg.train.amp, preprocess=eval_preprocess)

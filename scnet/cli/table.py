@@ -1,0 +1,147 @@
+"""``scnet-table``: the ImageNet tables of the SCNet paper, from data to a table beside the published numbers.
+
+    scnet-table list [NAME] [--format text|tsv]
+    scnet-table run NAME --data ROOT [--rows a,b] [--out DIR] [--nproc-per-node N] [key=value ...]
+    scnet-table show NAME [--out DIR]
+
+``run`` trains each row through scnet-train into DIR/NAME/ROW/ (re-running it retrains nothing and resumes
+an interrupted row), evaluates each row's best checkpoint as scnet-eval does, and writes DIR/NAME.md,
+.csv and .json; ``show`` renders whatever exists so far, with a top-1/GMACs figure (DIR/NAME.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PROG = "scnet-table"
+
+
+def _rows(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scnet-table`` argument parser."""
+    from scnet.tables.spec import TABLES
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="the tables, their rows, configs and published numbers")
+    p.add_argument("name", nargs="?", choices=TABLES, help="one table (default: all)")
+    p.add_argument("--format", choices=["text", "tsv"], default="text", help="tsv: row, config, model per line")
+
+    p = sub.add_parser("run", help="train, evaluate and report the rows of a table (resumable)")
+    p.add_argument("name", choices=TABLES)
+    p.add_argument("--data", required=True, help="data root with train/ and val/ (or demo: the built-in demo set)")
+    p.add_argument("--rows", type=_rows, help="comma-separated rows (default: all)")
+    p.add_argument("--out", type=Path, default=Path("runs/tables"), help="runs and reports (default runs/tables)")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes per row (torchrun when > 1)")
+    p.add_argument("--release-weights", type=Path, help="folder with the released .pth files: evaluated as rows")
+    p.add_argument("--real-labels", type=Path, help="ImageNet-ReaL real.json: also report ReaL top-1")
+    p.add_argument("--imagenet-v2", type=Path, help="an ImageNet-V2 folder (0/..999/): also report V2 top-1")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="evaluation device (default: cuda when available)")
+    # key=value overrides may come anywhere after NAME; main() collects them (argparse cannot mix a
+    # variable-length positional with options inside a subcommand).
+    p.epilog = "Any key=value arguments are config overrides applied to every row (e.g. train.epochs=1)."
+
+    p = sub.add_parser("show", help="render what a table's run folder holds so far (+ a PNG figure)")
+    p.add_argument("name", choices=TABLES)
+    p.add_argument("--out", type=Path, default=Path("runs/tables"))
+    p.add_argument("--no-figure", action="store_true", help="do not draw DIR/NAME.png")
+    return parser
+
+
+def _list(args: argparse.Namespace) -> int:
+    from scnet.config import load_config
+    from scnet.tables.spec import TABLES, configs_dir, load_table
+
+    root = configs_dir()
+    for name in [args.name] if args.name else TABLES:
+        table = load_table(name)
+        if args.format == "text":
+            print(f"{name}: {table.title} ({table.description})")
+        for row in table.rows:
+            model = load_config(row.config).model.name
+            config = row.config.relative_to(root.parent)
+            if args.format == "tsv":
+                print(f"{row.row}\t{config}\t{model}")
+                continue
+            published = f"{row.published_top1:.2f}" if row.published_top1 is not None else "not published"
+            source = f" [{row.published.source.key}]" if row.published and row.published.source else ""
+            note = f"  ({row.note})" if row.note else ""
+            print(f"  {row.row:<22} {model:<22} {config!s:<44} published top-1 {published}{source}{note}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scnet.tables.report import write_reports
+    from scnet.tables.run import RunOptions, run_table
+    from scnet.tables.spec import load_table
+
+    table = load_table(args.name)
+    options = RunOptions(
+        data=args.data,
+        out=args.out,
+        rows=args.rows,
+        overrides=list(args.overrides),
+        nproc_per_node=args.nproc_per_node,
+        release_weights=args.release_weights,
+        real_labels=args.real_labels,
+        imagenet_v2=args.imagenet_v2,
+        device=args.device,
+    )
+    run_table(table, options)
+    write_reports(table, args.out)
+    print((args.out / f"{table.name}.md").read_text(), end="")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from scnet.tables.figure import MissingMatplotlib, draw
+    from scnet.tables.report import write_reports
+    from scnet.tables.spec import load_table
+
+    table = load_table(args.name)
+    if not (args.out / table.name).is_dir():
+        raise ValueError(f"{args.out / table.name}: no run of table {table.name} there (scnet-table run makes it)")
+    records = write_reports(table, args.out)
+    print((args.out / f"{table.name}.md").read_text(), end="")
+    if not args.no_figure:
+        try:
+            path = draw(table, records, args.out / f"{table.name}.png")
+        except MissingMatplotlib as e:
+            print(f"{PROG}: warning: {e}", file=sys.stderr)
+        else:
+            print(f"figure: {path}" if path else "figure: nothing to draw yet", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input is one line on stderr and exit status 2; a stop by signal exits 128 + signal."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if args.command != "run" or a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = extra
+    from scnet.config import ConfigError
+    from scnet.tables.run import Stopped
+
+    try:
+        return {"list": _list, "run": _run, "show": _show}[args.command](args)
+    except Stopped as e:
+        print(f"{PROG}: {e}; run the same command again to resume it", file=sys.stderr)
+        return 128 + e.signum
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
