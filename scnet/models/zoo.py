@@ -28,13 +28,20 @@ class PublishedWeights:
     source: str = "original SCNet release (MCG-NKU)"
 
 
-# Single 224 px centre crop, from the release's README. The files are not bundled or downloaded:
-# users pass the path they have to ``create_model(..., pretrained=PATH)``.
-PUBLISHED: dict[str, PublishedWeights] = {
-    "scnet50": PublishedWeights("scnet50-dc6a7e87.pth", 77.81, 93.92),
-    "scnet50_v1d": PublishedWeights("scnet50_v1d-4109d1e1.pth", 80.47, 95.32),
-    "scnet101": PublishedWeights("scnet101-44c5b751.pth", 78.94, 94.25),
-}
+def _released() -> dict[str, PublishedWeights]:
+    """The release's checkpoints with their published accuracy, from the project's one file of published numbers
+    (scnet/tables/published.yaml, every number with its source). The files are not bundled or downloaded:
+    users pass the path they have to ``create_model(..., pretrained=PATH)``."""
+    from ..tables.spec import published_numbers
+
+    return {
+        name: PublishedWeights(p.checkpoint, p.top1, p.top5, source=p.source.title if p.source else "")
+        for name, p in published_numbers().items()
+        if p.checkpoint is not None and p.top1 is not None and p.top5 is not None
+    }
+
+
+PUBLISHED: dict[str, PublishedWeights] = _released()
 
 # The timm model each SC name is an A/B partner of (same depth, width, cardinality, attention).
 BASELINES: dict[str, str] = {
