@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="the tables, their rows, configs and published numbers")
     p.add_argument("name", nargs="?", choices=TABLES, help="one table (default: all)")
     p.add_argument("--format", choices=["text", "tsv"], default="text", help="tsv: row, config, model per line")
+    p.add_argument(
+        "--estimate", action="store_true", help="also the GPU-hours each row should take (estimated from MACs)"
+    )
 
     p = sub.add_parser("run", help="train, evaluate and report the rows of a table (resumable)")
     p.add_argument("name", choices=TABLES)
@@ -62,6 +65,14 @@ def _list(args: argparse.Namespace) -> int:
     from scnet.tables.spec import TABLES, configs_dir, load_table
 
     root = configs_dir()
+    if args.estimate and args.format == "text":
+        from scnet.tables.spec import throughput_anchor
+
+        anchor = throughput_anchor()
+        print(
+            f"est. GPU-h: an ESTIMATE for ImageNet-1k, scaled by MACs from {anchor.model} at "
+            f"{anchor.images_per_second:,.0f} img/s on {anchor.device} ({anchor.source.title}); not measured"
+        )
     for name in [args.name] if args.name else TABLES:
         table = load_table(name)
         if args.format == "text":
@@ -75,7 +86,12 @@ def _list(args: argparse.Namespace) -> int:
             published = f"{row.published_top1:.2f}" if row.published_top1 is not None else "not published"
             source = f" [{row.published.source.key}]" if row.published and row.published.source else ""
             note = f"  ({row.note})" if row.note else ""
-            print(f"  {row.row:<22} {model:<22} {config!s:<44} published top-1 {published}{source}{note}")
+            estimate = ""
+            if args.estimate:
+                from scnet.tables.estimate import estimated_gpu_hours
+
+                estimate = f"  est. GPU-h {estimated_gpu_hours(load_config(row.config)):,.0f}"
+            print(f"  {row.row:<22} {model:<22} {config!s:<44} published top-1 {published}{source}{estimate}{note}")
     return 0
 
 

@@ -49,6 +49,16 @@ class Published:
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """A published training throughput: the anchor that GPU-hour estimates scale from."""
+
+    source: Source
+    model: str
+    device: str
+    images_per_second: float
+
+
+@dataclass(frozen=True)
 class Row:
     """One row of a table: a name, its training config and its published numbers (None: not published)."""
 
@@ -144,6 +154,14 @@ def published_numbers() -> dict[str, Published]:
             counted_gmacs=counted.get("gmacs"),
         )
     return out
+
+
+def throughput_anchor() -> Throughput:
+    """The published throughput that ``scnet-table list --estimate`` scales from."""
+    t = _read(HERE / "published.yaml")["throughput"]
+    s = t["source"]
+    source = Source("throughput", s["title"], " ".join(str(s["protocol"]).split()), s.get("url"))
+    return Throughput(source, str(t["model"]), str(t["device"]), float(t["images_per_second"]))
 
 
 def sources() -> dict[str, Source]:

@@ -173,3 +173,17 @@ def test_bad_table_name_is_one_line():
 def test_configs_dir_is_the_repository_s():
     assert configs_dir() == REPO_ROOT / "configs"
     assert Path(configs_dir() / "imagenet" / "scnet50.yaml").is_file()
+
+
+def test_gpu_hour_estimate_scales_the_cited_anchor_by_macs():
+    from scnet.tables.estimate import estimated_gpu_hours, gmacs
+
+    text = (REFERENCE_DIR / "published_results.md").read_text()
+    anchor = float(re.search(r"1x A100-80GB ([\d,]+) img/s with AMP", text).group(1).replace(",", ""))
+    resnet50 = load_config(_row("backbones", "resnet50").config)
+    # The anchor model itself: 100 epochs of ImageNet-1k's 1,281,167 training images at the anchor's speed.
+    assert estimated_gpu_hours(resnet50) == pytest.approx(100 * 1_281_167 / anchor / 3600)
+    scnet101 = load_config(_row("backbones", "scnet101").config)
+    ratio = gmacs("scnet101", 224) / gmacs("resnet50", 224)
+    assert estimated_gpu_hours(scnet101) == pytest.approx(estimated_gpu_hours(resnet50) * ratio)
+    assert 1.5 < ratio < 2.0  # 7.17 / 4.11 GMACs
