@@ -60,3 +60,20 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             fan_in = t[0].numel()
             t.copy_(torch.empty_like(t).normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen))
     return model
+
+
+def read_stderr_until(proc, marker: bytes, timeout: float) -> bytes:
+    """Read a running process's stderr until ``marker`` appears (or it ends, or ``timeout`` s pass); return it.
+
+    Used to stop a real training process at a known point, e.g. after tqdm reports step 2 (``b"| 2/5"``).
+    """
+    import os
+    import time
+
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+    return seen

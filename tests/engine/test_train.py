@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ from scnet.cli.train import main as train_main
 from scnet.config import load_config
 from scnet.data.demo import make_demo
 from scnet.engine.train import train
+
+from ..utils import read_stderr_until
 
 REPO = Path(__file__).parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -83,13 +84,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(demo, tmp_path):
     straight, out = tmp_path / "straight", tmp_path / "run"
     subprocess.run(_cli(demo, straight), check=True, capture_output=True, timeout=300, cwd=REPO, env=ENV)
     proc = subprocess.Popen(_cli(demo, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=REPO, env=ENV)
-    seen = b""
-    deadline = time.monotonic() + 240
-    while b"| 2/5" not in seen and time.monotonic() < deadline:  # tqdm has finished step 2 of epoch 1
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        if not chunk:
-            break
-        seen += chunk
+    seen = read_stderr_until(proc, b"| 2/5", timeout=240)  # tqdm has finished step 2 of epoch 1
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=240)[1]
     assert proc.returncode == 0, (seen + rest).decode()[-2000:]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ import torch
 
 from scnet.cli.table import main
 from scnet.data.demo import make_demo
+
+from ..utils import read_stderr_until
 
 REPO = Path(__file__).parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -59,12 +60,7 @@ def test_run_is_resumable_and_reports_what_scnet_eval_prints(demo, tmp_path):
     out = tmp_path / "tables"
     # 1. Stop the runner while it trains the first row (after step 2 of 5): its trainer checkpoints.
     proc = subprocess.Popen(_table(demo, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=ENV, cwd=REPO)
-    seen, deadline = b"", time.monotonic() + 300
-    while b"| 2/5" not in seen and time.monotonic() < deadline:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        if not chunk:
-            break
-        seen += chunk
+    seen = read_stderr_until(proc, b"| 2/5", timeout=300)
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=300)[1]
     message = (seen + rest).decode()
