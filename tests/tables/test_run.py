@@ -44,11 +44,17 @@ def _table(demo: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "scnet.cli.table", *command]
 
 
-def _scnet_eval(checkpoint: Path, demo: Path, out: Path) -> dict:
-    json_path = out / f"{checkpoint.parent.name}.eval.json"
-    command = [sys.executable, "-m", "scnet.cli.eval", "--checkpoint", str(checkpoint), "--data", str(demo)]
-    subprocess.run([*command, "--json", str(json_path)], check=True, capture_output=True, env=ENV, timeout=300)
+def _scnet_eval(checkpoint: Path, data: Path, out: Path, *extra: str, split: str = "val") -> dict:
+    """What scnet-eval itself reports for ``checkpoint`` on ``data/split`` (run as a process)."""
+    json_path = out / f"{checkpoint.parent.name}.{checkpoint.stem}.{split}.eval.json"
+    command = [sys.executable, "-m", "scnet.cli.eval", "--checkpoint", str(checkpoint), "--data", str(data)]
+    command += ["--split", split, *extra, "--json", str(json_path)]
+    subprocess.run(command, check=True, capture_output=True, env=ENV, timeout=300)
     return json.loads(json_path.read_text())
+
+
+def _scnet_eval_split(checkpoint: Path, folder: Path, out: Path) -> dict:
+    return _scnet_eval(checkpoint, folder.parent, out, split=folder.name)
 
 
 def _stamps(folder: Path) -> dict[str, int]:
@@ -189,3 +195,54 @@ def test_slurm_template_is_shellcheck_clean():
     template = REPO / "scripts" / "slurm_table.sbatch"
     result = subprocess.run([str(shellcheck), str(template)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_row_released_weights_and_imagenet_v2(demo, tmp_path):
+    """--nproc-per-node 2 trains through torchrun; a released file and an ImageNet-V2 folder are evaluated by
+    the same code as scnet-eval."""
+    import shutil
+
+    import scnet
+
+    # A "released" scnet50 file for the demo's 10 classes (a bare state_dict, as the release published them).
+    release = tmp_path / "release"
+    release.mkdir()
+    torch.manual_seed(0)
+    torch.save(scnet.create_model("scnet50", num_classes=10).state_dict(), release / "scnet50-dc6a7e87.pth")
+    # ImageNet-V2's layout: class folders named by their index.
+    v2 = tmp_path / "imagenetv2"
+    for index, folder in enumerate(sorted(p for p in (demo / "val").iterdir() if p.is_dir())):
+        shutil.copytree(folder, v2 / str(index))
+    out = tmp_path / "tables"
+    command = [
+        sys.executable,
+        "-m",
+        "scnet.cli.table",
+        "run",
+        "release",
+        "--data",
+        str(demo),
+        "--rows",
+        "scnet50",
+        "--out",
+        str(out),
+        "--nproc-per-node",
+        "2",
+        "--release-weights",
+        str(release),
+        "--imagenet-v2",
+        str(v2),
+        *OVERRIDES,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "release" / "scnet50" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["world_size"] == 2
+    records = {r["row"]: r for r in json.loads((out / "release.json").read_text())}
+    trained, released = records["scnet50"], records["scnet50@release"]
+    want_v2 = _scnet_eval_split(out / "release" / "scnet50" / "best.pth", v2, tmp_path)
+    assert trained["v2_top1"] == round(want_v2["top1"], 3)
+    want = _scnet_eval(release / "scnet50-dc6a7e87.pth", demo, tmp_path, "--model", "scnet50")
+    assert (released["top1"], released["images"], released["model"]) == (round(want["top1"], 3), 10, "scnet50")
+    assert released["published_top1"] == 77.81 and released["status"] == "released weights"
