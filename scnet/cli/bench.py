@@ -4,93 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 
+def _data(args: argparse.Namespace) -> dict:
+    from scnet.bench.data import bench_data
 
-def _images_per_second(loader: Iterable, batches: int, warmup: int) -> float:
-    """Images per second over ``batches`` batches, after ``warmup`` batches (worker start-up, page cache).
-
-    The loader is consumed and its workers shut down before returning.
-    """
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    count = 0
-    start = time.perf_counter()
-    for _ in range(batches):
-        batch = next(it)
-        images = batch.images if hasattr(batch, "images") else batch[0]
-        count += images.shape[0]
-    elapsed = time.perf_counter() - start
-    del it  # shuts the workers down (the loaders here are not persistent)
-    return count / elapsed
-
-
-def _ours(root: Path, args: argparse.Namespace):
-    from scnet.data.folders import ImageFolderDataset, scan_image_folder
-    from scnet.data.loader import build_loader
-    from scnet.data.transforms import train_transform
-
-    classes, samples = scan_image_folder(root)
-    dataset = ImageFolderDataset(samples, classes, transform=train_transform(args.image_size), seed=0)
-    return build_loader(dataset, args.batch_size, args.workers, train=True, pin_memory=False, persistent=False)
-
-
-def _baseline(root: Path, args: argparse.Namespace):
-    # The usual reference: torchvision ImageFolder, PIL decoding, v1 transforms, float output.
-    from torch.utils.data import DataLoader
-    from torchvision import datasets
-    from torchvision import transforms as T
-
-    tf = T.Compose(
-        [
-            T.RandomResizedCrop(args.image_size),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
-    dataset = datasets.ImageFolder(str(root), transform=tf)
-    extra = dict(prefetch_factor=4) if args.workers > 0 else {}
-    return DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True, **extra
+    return bench_data(
+        args.data,
+        workers=args.workers,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
     )
 
 
-def bench_data(args: argparse.Namespace) -> dict:
-    """Loader throughput with the training transforms, ours against the plain torchvision baseline."""
-    root = Path(args.data)
-    if (root / "train").is_dir():
-        root = root / "train"
-    if not root.is_dir():
-        raise ValueError(f"{root}: no such data folder")
-    torch.set_num_threads(1)  # each side gets the cores through its workers, not intra-op threads
-    ours, base = [], []
-    for _ in range(args.repeats):  # alternate, so drift in the machine's speed hits both
-        # A fresh loader each time, dropped after: no side's prefetched leftovers run during the other's turn.
-        ours.append(_images_per_second(_ours(root, args), args.batches, args.warmup))
-        base.append(_images_per_second(_baseline(root, args), args.batches, args.warmup))
-    ips, bips = statistics.median(ours), statistics.median(base)
-    per = max(args.workers, 1)
-    return {
-        "images_per_second": ips,
-        "baseline_images_per_second": bips,
-        "ratio": ips / bips,
-        "workers": args.workers,
-        "images_per_second_per_worker": ips / per,
-        "baseline_images_per_second_per_worker": bips / per,
-        "batch_size": args.batch_size,
-        "batches": args.batches,
-        "image_size": args.image_size,
-        "data": str(root),
-        "output": {"ours": "uint8 (normalised on the device)", "baseline": "float32 normalised"},
-    }
+def _model(args: argparse.Namespace) -> dict:
+    from scnet.bench.model import bench_model
+
+    return bench_model(
+        args.model,
+        args.vs,
+        train=not args.infer,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
+        device=args.device,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="also write the result here")
-    p.set_defaults(func=bench_data)
+    p.set_defaults(func=_data)
+
+    p = sub.add_parser(
+        "model",
+        help="a model's training (or inference) step against another's, alternated in one process",
+        description="Median step time, images per second, activations saved for backward per image and (CUDA) "
+        "peak memory of --model and --vs, both built once and stepped alternately in one process.",
+    )
+    p.add_argument("--model", required=True, help="a zoo name; NAME:layerwise runs an SC model with set_fused(False)")
+    p.add_argument("--vs", help="the model to compare with (default: the SC model's timm baseline)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true", help="training steps (default)")
+    mode.add_argument("--infer", action="store_true", help="inference forwards (eval, inference_mode)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (the warm-up compiles)")
+    p.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager or eager for a quick CPU run")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--json", help="also write the result here")
+    p.set_defaults(func=_model)
     return parser
 
 

@@ -1,0 +1,348 @@
+"""A model's training (or inference) step against another's, measured side by side in one process.
+
+Both models are built once and their steps alternate A, B, A, B, so drift in the machine's speed (other load,
+thermal state, clocks) hits both equally. Besides speed, for each model: the bytes of activations a training
+forward saves for backward (any device), and on CUDA the peak memory of one step.
+
+A name may end in ``:layerwise``: the SC model run layer by layer (``set_fused(False)``, the paper's figure
+as drawn), so the shipped block and the plain one are compared in one process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import scnet
+from scnet.models import BASELINES
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYERWISE = ":layerwise"
+
+
+def _autocast(device_type: str, amp_dtype: torch.dtype | None) -> AbstractContextManager:
+    return torch.autocast(device_type=device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+
+def saved_activation_bytes(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None = None
+) -> int:
+    """Bytes that autograd keeps for backward after one training forward of ``model`` on ``(x, y)``.
+
+    The forward is ``cross_entropy(model(x), y)`` (under autocast when ``amp_dtype`` is given), run as the model
+    is (call ``train()`` first for training-mode BN); nothing is stepped and the graph is dropped.
+
+    Counted the way memory is spent: each storage once, at its full size. A tensor saved by several ops (an
+    in-place ReLU's output, saved by the ReLU and by the next conv) and views of one tensor share a storage.
+    Not counted: the model's parameters and buffers, and copies of them (autocast's low-precision weights, a
+    compiler's re-laid-out weights: a saved tensor, or the base of a saved view, with a parameter's shape
+    and values), since they do not grow with the batch. The input ``x`` counts when an op saves it. Other
+    tensors computed from parameters alone (e.g. two layers' weights concatenated in the forward) do count:
+    they are memory the step holds, but a fixed amount, so bytes per image of such a model fall with the batch.
+
+    Works on ``torch.compile``'d modules too: AOTAutograd's compiled function saves its tensors through the
+    same saved-tensor hooks, so the count is what the compiled graph keeps (less where the compiler chose to
+    recompute, e.g. a ReLU kept as a bool mask). A custom ``autograd.Function`` is seen when it saves with
+    ``ctx.save_for_backward``; tensors stashed as plain ``ctx`` attributes bypass the hooks and are missed.
+    """
+    own = [*model.parameters(), *model.buffers()]
+    own_storages = {t.untyped_storage().data_ptr() for t in own}
+    own_by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for t in own:
+        if t.is_floating_point():
+            own_by_shape.setdefault(tuple(t.shape), []).append(t.detach())
+    counted: dict[int, int] = {}  # storage address -> bytes
+    copies: set[int] = set()  # storages found to be copies of parameters
+
+    def is_copy_of_own(t: torch.Tensor) -> bool:
+        for candidate in (t, t._base):
+            if candidate is None or not candidate.is_floating_point():
+                continue
+            for p in own_by_shape.get(tuple(candidate.shape), ()):
+                if p.device == candidate.device and torch.equal(p.to(candidate.dtype), candidate.detach()):
+                    return True
+        return False
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        # Only strided tensors have one storage to count; a model here saves nothing else.
+        if t.layout == torch.strided:
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            # Saved tensors stay alive with the graph until it is dropped, so an address names one storage.
+            if ptr not in own_storages and ptr not in counted and ptr not in copies:
+                if is_copy_of_own(t):
+                    copies.add(ptr)
+                else:
+                    counted[ptr] = storage.nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _autocast(x.device.type, amp_dtype):
+            loss = F.cross_entropy(model(x), y)
+    del loss  # frees the graph and what it saved
+    return sum(counted.values())
+
+
+def _split_name(name: str) -> tuple[str, bool]:
+    """``"scnet50:layerwise"`` -> ``("scnet50", True)``, after checking that the name can be built."""
+    base, sep, suffix = name.partition(":")
+    if sep and sep + suffix != LAYERWISE:
+        raise ValueError(f"{name!r}: unknown suffix ':{suffix}' (the one suffix is '{LAYERWISE}')")
+    known = scnet.list_models()
+    if base not in known:
+        close = difflib.get_close_matches(base, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(known)}"
+        raise ValueError(f"unknown model {base!r}{hint}")
+    if sep and base not in BASELINES:
+        raise ValueError(f"{name!r}: '{LAYERWISE}' applies to SC models only")
+    return base, bool(sep)
+
+
+@dataclass
+class _Side:
+    """One model of the comparison: its modules, the step the timing loop calls, and its measurements."""
+
+    name: str
+    module: nn.Module  # eager: for measurements that must not compile a second graph
+    run: nn.Module  # what the step calls: the compiled module, or ``module`` itself
+    step: Callable[[], None]
+    optimizer: torch.optim.Optimizer | None
+    times: list[float] = field(default_factory=list)
+
+    def resident(self) -> list[torch.Tensor]:
+        """What the model holds between steps: parameters, buffers and optimizer state (created lazily)."""
+        state = [] if self.optimizer is None else list(self.optimizer.state.values())
+        opt = [t for s in state for t in s.values() if isinstance(t, torch.Tensor)]
+        return [*self.module.parameters(), *self.module.buffers(), *opt]
+
+
+def _train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp_dtype: torch.dtype | None
+) -> tuple[Callable[[], None], torch.optim.Optimizer]:
+    """One SGD training step (forward, cross-entropy, backward, step), closed over its model and batch."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    # fp16's narrow range needs loss scaling on CUDA, as a real fp16 training run does; bf16 does not.
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 and x.device.type == "cuda" else None
+
+    def step() -> None:
+        with _autocast(x.device.type, amp_dtype):
+            loss = F.cross_entropy(model(x), y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step, opt
+
+
+def _infer_step(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> Callable[[], None]:
+    """One forward pass in inference mode (the caller has set ``eval()``)."""
+
+    def step() -> None:
+        with torch.inference_mode(), _autocast(x.device.type, amp_dtype):
+            model(x)
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _storage_bytes(tensors: list[torch.Tensor]) -> int:
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def _peak_memory(side: _Side, device: torch.device) -> int:
+    """CUDA memory one step of this model needs: its peak above what was allocated before it, plus what the
+    model holds between steps. The other model's weights, resident at the same time, are left out."""
+    _sync(device)
+    resident = _storage_bytes(side.resident())
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    side.step()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before + resident
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'' if threads == 1 else 's'})"
+
+
+def _log_to_stderr(message: str) -> None:
+    print(f"scnet-bench model: {message}", file=sys.stderr, flush=True)
+
+
+def bench_model(
+    model: str,
+    vs: str | None = None,
+    *,
+    train: bool = True,
+    batch_size: int = 16,
+    image_size: int = 224,
+    amp: str = "none",
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_backend: str = "inductor",
+    device: str | None = None,
+    steps: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+    log: Callable[[str], None] = _log_to_stderr,
+) -> dict:
+    """Step time of ``model`` against ``vs``, alternated step by step in this process, and their memory.
+
+    Args:
+        model: a name :func:`scnet.create_model` accepts, optionally with the suffix ``:layerwise`` (an SC
+            model with ``set_fused(False)``).
+        vs: the model to compare with, same forms; default: ``model``'s baseline in ``scnet.models.BASELINES``.
+        train: time training steps (forward under autocast, cross-entropy on random labels, backward, SGD with
+            momentum 0.9 and weight decay 1e-4, ``zero_grad(set_to_none=True)``); False: inference forwards
+            (``eval()``, ``torch.inference_mode()``).
+        amp: ``"bf16"``, ``"fp16"`` (with a GradScaler on CUDA) or ``"none"``.
+        channels_last: models and input in channels_last memory format.
+        compile: ``torch.compile(model, backend=compile_backend)`` for both; the warm-up steps compile.
+        device: ``"cpu"`` or ``"cuda"``; default: CUDA when available.
+        steps: timed steps per model, after ``warmup`` untimed ones each.
+        threads: ``torch.set_num_threads`` first, when given.
+        log: progress messages (default: stderr).
+
+    Returns:
+        The JSON-ready result. ``ratio`` is images per second of ``model`` over ``vs`` (> 1: ``model`` is
+        faster), from median step times. ``saved_bytes_per_image``: :func:`saved_activation_bytes` of one
+        training forward over the batch size, measured on the compiled module when training compiled
+        (``saved_bytes_measured``: ``"compiled"``), else on the eager one (``"eager"``); ``saved_ratio`` is
+        ``model``'s over ``vs``'s (> 1: ``model`` saves more). ``peak_memory_bytes`` (CUDA only, else None):
+        the peak of one extra step of that model alone above what was allocated before it, plus its
+        parameters, buffers and optimizer state.
+
+    Raises:
+        ValueError: an unknown model name or suffix, no default baseline for ``model``, CUDA asked for but not
+            available, or settings out of range.
+    """
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError("need steps >= 1, warmup >= 0 and batch size >= 1")
+    if compile and warmup < 1:
+        raise ValueError("compiling needs warmup >= 1: the first step of each model compiles it")
+    base_a, _ = _split_name(model)
+    if vs is None:
+        if base_a not in BASELINES:
+            raise ValueError(f"{model!r} has no default baseline (not an SC model); name one with --vs")
+        vs = BASELINES[base_a]
+    _split_name(vs)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    amp_dtype = AMP_DTYPES[amp]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+
+    sides: list[_Side] = []
+    for name in (model, vs):
+        log(f"building {name} on {_device_name(dev)}")
+        base, layerwise = _split_name(name)
+        module = scnet.create_model(base).to(dev, memory_format=memory_format)
+        if layerwise:
+            module.set_fused(False)
+        module.train(train)
+        run = torch.compile(module, backend=compile_backend) if compile else module
+        if train:
+            step, opt = _train_step(run, x, y, amp_dtype)
+        else:
+            step, opt = _infer_step(run, x, amp_dtype), None
+        sides.append(_Side(name, module, run, step, opt))
+
+    for side in sides:
+        log(f"warming up {side.name}: {warmup} steps" + (f", compiling ({compile_backend})" if compile else ""))
+        for _ in range(warmup):
+            side.step()
+    _sync(dev)
+
+    # Saved activations of a training forward. When training compiled, the compiled module is what trains and
+    # the hooks see what its graph saves; otherwise the eager module, so that an inference benchmark does not
+    # compile a training graph just for this.
+    measured = "compiled" if compile and train else "eager"
+    saved = []
+    for side in sides:
+        log(f"counting the activations {side.name} saves for backward ({measured})")
+        target = side.run if measured == "compiled" else side.module
+        side.module.train()
+        saved.append(saved_activation_bytes(target, x, y, amp_dtype))
+        side.module.train(train)
+
+    peaks: list[int | None] = [None, None]
+    if dev.type == "cuda":
+        peaks = [_peak_memory(side, dev) for side in sides]
+
+    log(f"timing {steps} steps of each, alternating {model} and {vs}")
+    for _ in range(steps):
+        for side in sides:  # alternate, so drift in the machine's speed hits both
+            _sync(dev)
+            start = time.perf_counter()
+            side.step()
+            _sync(dev)
+            side.times.append(time.perf_counter() - start)
+
+    seconds = [statistics.median(side.times) for side in sides]
+    ips = [batch_size / s for s in seconds]
+    per_image = [b / batch_size for b in saved]
+    result = {
+        "model": model,
+        "baseline": vs,
+        "mode": "train" if train else "infer",
+        "images_per_second": ips[0],
+        "baseline_images_per_second": ips[1],
+        "ratio": ips[0] / ips[1],
+        "step_seconds": seconds[0],
+        "baseline_step_seconds": seconds[1],
+        "saved_bytes_per_image": per_image[0],
+        "baseline_saved_bytes_per_image": per_image[1],
+        "saved_ratio": per_image[0] / per_image[1] if per_image[1] else None,
+        "saved_bytes_measured": measured,
+        "peak_memory_bytes": peaks[0],
+        "baseline_peak_memory_bytes": peaks[1],
+        "device": _device_name(dev),
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": compile,
+        "compile_backend": compile_backend if compile else None,
+        "steps": steps,
+        "warmup": warmup,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    log(
+        f"{model} {ips[0]:.1f} img/s, {vs} {ips[1]:.1f} img/s, ratio {result['ratio']:.3f} (> 1: {model} faster); "
+        f"saved for backward {per_image[0] / 2**20:.1f} vs {per_image[1] / 2**20:.1f} MiB/image"
+    )
+    return result

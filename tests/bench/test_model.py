@@ -1,0 +1,240 @@
+"""`scnet-bench model` as a real process, and the saved-activation count against sizes derived from shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from scnet.bench.model import bench_model, saved_activation_bytes
+
+N, A, B, C = 3, 5, 7, 11  # batch, input, hidden and class counts: distinct, so a wrong term shows
+F32, BF16, I64 = 4, 2, 8  # bytes per element
+
+
+def _loss_bytes(n: int, c: int) -> int:
+    # cross_entropy = nll_loss(log_softmax(logits)): the log-probabilities (saved by both), the int64 labels
+    # and nll_loss's 0-dim total_weight.
+    return F32 * n * c + I64 * n + F32
+
+
+def _batch(n: int = N, a: int = A, c: int = C) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, a, generator=gen), torch.randint(0, c, (n,), generator=gen)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(A, B), nn.ReLU(), nn.Linear(B, C))
+
+
+class _Square(nn.Module):
+    """``h * h``: mul saves the same tensor twice (as self and as other)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * h
+
+
+class _SquareFirstHalf(nn.Module):
+    """``u * u`` for the first half ``u`` of the features: a view, whose storage is all of ``h``."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        u = h[:, : h.shape[1] // 2]
+        return u * u
+
+
+class _ScaleByBuffer(nn.Module):
+    """``h * scale`` with ``scale`` a buffer: mul saves the buffer (for h's gradient), not ``h``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, width))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.scale
+
+
+def test_saved_bytes_mlp_counts_input_and_shared_relu_output_once():
+    # Linear saves its input (x) and weight (a parameter: not counted); ReLU saves its output, which the
+    # second Linear saves again as its input: one storage.
+    x, y = _batch()
+    expected = F32 * N * A + F32 * N * B + _loss_bytes(N, C)
+    assert saved_activation_bytes(_mlp(), x, y) == expected
+
+
+def test_saved_bytes_same_tensor_saved_twice_counts_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(A, B), _Square(), nn.Linear(B, C))
+    x, y = _batch()
+    # x; h (saved twice by mul); h * h (saved by the second Linear).
+    expected = F32 * N * A + F32 * N * B + F32 * N * B + _loss_bytes(N, C)
+    assert saved_activation_bytes(model, x, y) == expected
+
+
+def test_saved_bytes_view_counts_its_whole_storage_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(A, 2 * B), _SquareFirstHalf(), nn.Linear(B, C))
+    x, y = _batch()
+    # x; u (saved twice) keeps all of h alive: N x 2B floats; u * u (N x B) saved by the second Linear.
+    expected = F32 * N * A + F32 * N * 2 * B + F32 * N * B + _loss_bytes(N, C)
+    assert saved_activation_bytes(model, x, y) == expected
+
+
+def test_saved_bytes_excludes_buffers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(A, B), _ScaleByBuffer(B), nn.Linear(B, C))
+    x, y = _batch()
+    # x; the scaled activations (saved by the second Linear); the buffer is the model's, not counted.
+    expected = F32 * N * A + F32 * N * B + _loss_bytes(N, C)
+    assert saved_activation_bytes(model, x, y) == expected
+
+
+def test_saved_bytes_autocast_excludes_low_precision_weight_copies():
+    # Under bf16 autocast the Linears save bf16 copies of x and of the hidden activations, and bf16 copies
+    # of their weights (not counted: they do not grow with the batch); the loss runs in float32.
+    x, y = _batch()
+    expected = BF16 * N * A + BF16 * N * B + _loss_bytes(N, C)
+    assert saved_activation_bytes(_mlp(), x, y, torch.bfloat16) == expected
+
+
+def test_saved_bytes_scale_with_the_batch():
+    model = _mlp()
+    per_sample = F32 * A + F32 * B + F32 * C + I64  # the 0-dim total_weight is the one fixed term
+    for n in (2, 6):
+        x, y = _batch(n)
+        assert saved_activation_bytes(model, x, y) == n * per_sample + F32
+
+
+def test_saved_bytes_seen_through_torch_compile():
+    # AOTAutograd runs the compiled graph inside an autograd.Function whose save_for_backward goes through
+    # the same hooks; for this graph it keeps what eager does.
+    torch._dynamo.reset()
+    compiled = torch.compile(_mlp(), backend="aot_eager")
+    x, y = _batch()
+    assert saved_activation_bytes(compiled, x, y) == F32 * N * A + F32 * N * B + _loss_bytes(N, C)
+
+
+def test_saved_bytes_leaves_the_model_untouched():
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch()
+    saved_activation_bytes(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- the command, as a real process (SCNet-50 at 112 px, batch 2: about 0.3 s a training step here) ---
+
+KEYS = {
+    "model",
+    "baseline",
+    "mode",
+    "images_per_second",
+    "baseline_images_per_second",
+    "ratio",
+    "step_seconds",
+    "baseline_step_seconds",
+    "saved_bytes_per_image",
+    "baseline_saved_bytes_per_image",
+    "saved_ratio",
+    "saved_bytes_measured",
+    "peak_memory_bytes",
+    "baseline_peak_memory_bytes",
+    "device",
+    "batch_size",
+    "image_size",
+    "amp",
+    "channels_last",
+    "compile",
+    "compile_backend",
+    "steps",
+    "warmup",
+    "torch",
+    "date",
+}
+
+
+def _bench(tmp_path, *args: str) -> dict:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "scnet.cli.bench", "model", "--batch-size", "2", "--steps", "2", "--warmup", "1"]
+    cmd += ["--threads", "1", "--device", "cpu", *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result == json.loads(proc.stdout)
+    assert KEYS <= set(result)
+    assert "timing 2 steps" in proc.stderr  # progress on stderr, JSON alone on stdout
+    assert result["images_per_second"] > 0 and result["baseline_images_per_second"] > 0
+    assert abs(result["ratio"] - result["images_per_second"] / result["baseline_images_per_second"]) < 1e-9
+    assert abs(result["images_per_second"] * result["step_seconds"] - 2) < 1e-9
+    assert abs(result["baseline_images_per_second"] * result["baseline_step_seconds"] - 2) < 1e-9
+    assert result["saved_bytes_per_image"] > 0 and result["baseline_saved_bytes_per_image"] > 0
+    saved_ratio = result["saved_bytes_per_image"] / result["baseline_saved_bytes_per_image"]
+    assert abs(result["saved_ratio"] - saved_ratio) < 1e-9
+    assert result["peak_memory_bytes"] is None and result["baseline_peak_memory_bytes"] is None  # CPU
+    assert result["device"] == "cpu (1 thread)"
+    assert (result["steps"], result["warmup"], result["batch_size"]) == (2, 1, 2)
+    return result
+
+
+@pytest.mark.slow
+def test_bench_model_train_json(tmp_path):
+    result = _bench(tmp_path, "--model", "scnet50", "--vs", "resnet50", "--image-size", "112")
+    assert (result["model"], result["baseline"], result["mode"]) == ("scnet50", "resnet50", "train")
+    assert (result["image_size"], result["amp"], result["channels_last"]) == (112, "none", False)
+    assert (result["compile"], result["compile_backend"], result["saved_bytes_measured"]) == (False, None, "eager")
+    # At least the 112 px input of every image is kept by the stem's conv: 3 x 112 x 112 float32.
+    assert result["baseline_saved_bytes_per_image"] > 3 * 112 * 112 * F32
+
+
+@pytest.mark.slow
+def test_bench_model_infer_channels_last_layerwise(tmp_path):
+    # --vs left out: a layerwise SC model is compared with its SC name's baseline.
+    result = _bench(tmp_path, "--model", "scnet50:layerwise", "--infer", "--channels-last", "--image-size", "112")
+    assert (result["model"], result["baseline"], result["mode"]) == ("scnet50:layerwise", "resnet50", "infer")
+    assert result["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_bench_model_compiled(tmp_path):
+    # Dynamo's "eager" backend: the compile path end to end without a C++ toolchain's minutes. The same
+    # model on both sides, so both sides save the same.
+    args = ["--model", "resnet50", "--vs", "resnet50", "--image-size", "64", "--compile", "--compile-backend", "eager"]
+    result = _bench(tmp_path, *args)
+    assert (result["compile"], result["compile_backend"]) == (True, "eager")
+    assert result["saved_bytes_measured"] == "compiled"
+    assert result["saved_ratio"] == 1
+
+
+def test_bench_model_unknown_name_is_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "scnet.cli.bench", "model", "--model", "scnet5O", "--vs", "resnet50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "'scnet5O'" in proc.stderr and "scnet50" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "vs", "message"),
+    [
+        ("scnet50", "resnet5", "unknown model 'resnet5'"),
+        ("scnet50:fused", None, "unknown suffix"),
+        ("scnet50", "resnet50:layerwise", "SC models only"),
+        ("resnet50", None, "no default baseline"),
+    ],
+)
+def test_bench_model_bad_names_fail_before_building(model, vs, message):
+    with pytest.raises(ValueError, match=message):
+        bench_model(model, vs, device="cpu", log=lambda _: pytest.fail("built something"))
+
+
+def test_bench_model_compile_needs_a_warmup_step():
+    with pytest.raises(ValueError, match="warmup"):
+        bench_model("scnet50", compile=True, warmup=0, device="cpu", log=lambda _: pytest.fail("built something"))
