@@ -10,7 +10,8 @@ from timm.layers import DropPath, create_attn
 from torch import nn
 
 from .fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input
-from .scconv import SCConv, conv_bn
+from .lean import bn_relu_cat_conv, shared_input_conv1x1
+from .scconv import SCConv, can_run_lean, conv_bn
 
 
 class SCBottleneck(nn.Module):
@@ -120,6 +121,10 @@ class SCBottleneck(nn.Module):
 
     def _reduce_fused(self, x: torch.Tensor) -> torch.Tensor:
         """``cat([bn1_a(conv1_a(x)), bn1_b(conv1_b(x))])`` as one conv and one BN (fusable BNs only)."""
+        return self._bn_reduce(conv1x1_shared_input(x, [self.conv1_a.weight, self.conv1_b.weight]))
+
+    def _bn_reduce(self, y: torch.Tensor) -> torch.Tensor:
+        """``bn1_a`` and ``bn1_b`` as one BN over ``y``, the two reductions' outputs laid end to end."""
         bn_a, bn_b = self.bn1_a, self.bn1_b
         mean_a, mean_b, var_a, var_b = bn_a.running_mean, bn_b.running_mean, bn_a.running_var, bn_b.running_var
         count_a, count_b = bn_a.num_batches_tracked, bn_b.num_batches_tracked
@@ -133,7 +138,6 @@ class SCBottleneck(nn.Module):
         if self.training:
             count_a.add_(1)
             count_b.add_(1)
-        y = conv1x1_shared_input(x, [self.conv1_a.weight, self.conv1_b.weight])
         return batch_norm_group(
             y,
             [bn_a.weight, bn_b.weight],
@@ -153,17 +157,47 @@ class SCBottleneck(nn.Module):
         # relu(cat(a, b)) == cat(relu(a), relu(b)), in place on a fresh tensor.
         return self.relu(torch.cat([self.k1(a), self.scconv(b)], dim=1))
 
+    @torch.jit.unused
+    def _conv3_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv3`` of both branches (before ``bn3``) by the lean kernels: the block keeps the BN inputs of
+        ``k1``, ``k3`` and ``k4`` for backward, but not the gate, the product or the concatenation."""
+        if self._fusable(x):
+            y = shared_input_conv1x1(x, [self.conv1_a.weight, self.conv1_b.weight])
+            a, b = self.relu(self._bn_reduce(y)).split(self.bn1_a.num_features, dim=1)
+        else:
+            a = self.relu(self.bn1_a(self.conv1_a(x)))
+            b = self.relu(self.bn1_b(self.conv1_b(x)))
+        bn_a, bn_b = self.k1[1], self.scconv.k4[1]
+        y_a = self.k1[0](a)
+        y_b = self.scconv.calibrated_lean(b)
+        for bn in (bn_a, bn_b):  # the kernel updates the running statistics, nn.BatchNorm2d this
+            bn.num_batches_tracked.add_(1)
+        avd_stride = 0 if self.avd_layer is None else int(self.avd_layer.stride)
+        return bn_relu_cat_conv(y_a, y_b, bn_a, bn_b, self.conv3, avd_stride)
+
+    @torch.jit.unused
+    def _can_run_lean(self, x: torch.Tensor) -> bool:
+        return self.fused and self.scconv.fused and can_run_lean(x, [self.k1[1], self.scconv.k3[1], self.scconv.k4[1]])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
 
-        # plain_bns first: a constant False there keeps TorchScript from compiling the fused code at all.
-        if self.plain_bns and self._fusable(x):
-            out = self._branches_fused(x)
+        # TorchScript never reaches the lean kernels (autograd Functions do not script); plain_bns first: a
+        # constant False there keeps TorchScript from compiling the fused code at all.
+        lean = False
+        if not torch.jit.is_scripting():
+            lean = self._can_run_lean(x)
+        if lean:
+            out = self._conv3_lean(x)
         else:
-            out = self._branches(x)
-        if self.avd_layer is not None:
-            out = self.avd_layer(out)
-        out = self.bn3(self.conv3(out))
+            if self.plain_bns and self._fusable(x):
+                out = self._branches_fused(x)
+            else:
+                out = self._branches(x)
+            if self.avd_layer is not None:
+                out = self.avd_layer(out)
+            out = self.conv3(out)
+        out = self.bn3(out)
         if self.se is not None:
             out = self.se(out)
         out = self.drop_path(out)

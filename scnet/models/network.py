@@ -12,7 +12,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from .bottleneck import SCBottleneck
-from .scconv import InputTooSmallError, check_calibration_options, min_feature_size
+from .scconv import InputTooSmallError, SCConv, check_calibration_options, min_feature_size
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -224,7 +224,7 @@ class SCNet(nn.Module):
         """Run each block's two 1x1 reductions as one kernel (default), or layer by layer as drawn
         in the paper. Both compute the same function with the same parameters."""
         for m in self.modules():
-            if isinstance(m, SCBottleneck):
+            if isinstance(m, (SCBottleneck, SCConv)):
                 m.fused = enable
 
     @torch.jit.ignore

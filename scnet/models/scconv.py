@@ -7,6 +7,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import is_plain_bn
+
 POOL_TYPES = ("avg", "max")
 UPSAMPLE_MODES = ("nearest", "bilinear")
 
@@ -67,6 +69,15 @@ def upsample_like(y: torch.Tensor, x: torch.Tensor, mode: str = "nearest") -> to
 # create_feature_extractor, timm's FeatureGraphNet): a Python `if` on a traced size would stop the tracer.
 torch.fx.wrap("check_feature_size")
 torch.fx.wrap("upsample_like")
+
+
+def can_run_lean(x: torch.Tensor, bns: list[nn.Module]) -> bool:
+    """Whether the lean training kernels (``lean.py``) may run: eager autograd in training mode over stock
+    BatchNorm2d layers. TorchScript, FX and ``torch.compile`` get the plain layers (the compiler's own
+    partitioner decides what to recompute); evaluation saves nothing for backward anyway."""
+    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+        return False
+    return all(bn.training and is_plain_bn(bn) for bn in bns)
 
 
 def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -149,6 +160,8 @@ class SCConv(nn.Module):
         self.k2 = nn.Sequential(pool, *conv_bn(chs, chs, 1, dilation, groups))
         self.k3 = conv_bn(chs, chs, 1, dilation, groups)
         self.k4 = conv_bn(chs, chs, stride, dilation, groups)
+        # Train with the lean kernels where they apply (see lean.py); False runs the plain layers.
+        self.fused = True
 
     def extra_repr(self) -> str:
         return (
@@ -164,5 +177,23 @@ class SCConv(nn.Module):
             return (x + context).sigmoid_()
         return context.sigmoid_()
 
+    @torch.jit.unused
+    def calibrated_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """``k4``'s convolution of ``k3(x) * gate(x)`` (before ``k4``'s BN) by the lean kernel, which keeps
+        neither the gate nor the product for backward. Training mode, stock BNs only."""
+        from .lean import calibrated_conv  # imported here: lean.py imports this module
+
+        x = check_feature_size(x, self.pooling_r, self.min_feature_size, self.min_input_size)
+        context = self.k2(x)
+        y3 = self.k3[0](x)
+        bn3 = self.k3[1]
+        assert bn3.num_batches_tracked is not None
+        bn3.num_batches_tracked.add_(1)  # the kernel updates the running statistics, nn.BatchNorm2d this
+        return calibrated_conv(x, y3, context, bn3, self.k4[0], self.calib_identity, self.upsample)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript skips this branch: autograd Functions do not script.
+        if not torch.jit.is_scripting():
+            if self.fused and can_run_lean(x, [self.k3[1]]):
+                return self.k4[1](self.calibrated_lean(x))
         return self.k4(self.k3(x) * self.gate(x))
