@@ -15,9 +15,10 @@
 # It ends by printing the report (device, torch, date, one row per measurement, the goals of
 # BENCHMARKS.md) and writes it, every raw JSON and every step's log into the output folder.
 #
-# How long: about 8 minutes on one H100 with 16 CPU cores, most of it torch.compile's first compiles
-# (see BENCHMARKS.md, "GPU run"). --budget (default 480 s) keeps it there: a step whose estimate no longer
-# fits is skipped (the report says so), and a running step is stopped 60 s after the budget.
+# How long: about 8 minutes on one H100 with 16 CPU cores, never more than ~9: --budget (default 480 s) skips
+# a step whose estimate no longer fits (the report says so) and stops a running step 60 s after it. All steps
+# together are estimated at 10-11 minutes, most of it torch.compile's first compiles (BENCHMARKS.md, "GPU
+# run"), so the last ones (compiled inference) are expected to be skipped: run them next with --only.
 #
 # How to run, on a GPU machine, from the repository root:
 #   pip install -e .
