@@ -190,6 +190,11 @@ class TrainConfig:
     eval_every: int = _key(1, "evaluate every this many epochs (and always after the last)")
     log_every: int = _key(20, "log training metrics every this many optimizer steps")
     checkpoint_every_steps: int = _key(0, "also checkpoint every this many optimizer steps; 0 = only at epoch ends")
+    skip_nonfinite: int = _key(
+        0,
+        "optimizer steps with a NaN/inf loss to skip (weights and BN statistics left as before the step, counted "
+        "as nonfinite_steps in metrics.jsonl) before the run stops; 0 = stop at the first",
+    )
     tensorboard: bool = _key(True, "write TensorBoard event files to output_dir")
 
 
@@ -369,4 +374,5 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     need(t.eval_every >= 1, "train.eval_every", f"must be >= 1, got {t.eval_every}")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", f"must be >= 0, got {t.checkpoint_every_steps}")
+    need(t.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {t.skip_nonfinite}")
     return problems

@@ -7,7 +7,6 @@ checkpoint. Distributed setup comes from torchrun's environment (``scnet.engine.
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import sys
@@ -41,6 +40,10 @@ from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
 
 class RunError(ValueError):
     """A run that cannot start (bad data, clashing output_dir, ...): one line for the user."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf (more often than ``train.skip_nonfinite`` allows): one line for the user."""
 
 
 class Preempted:
@@ -310,6 +313,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
 
     preempt = Preempted()
     metrics: dict[str, Any] = {}
+    nonfinite_total = 0  # skipped steps of this process's run (not restored on resume: a fresh allowance)
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             if isinstance(train_loader.sampler, EpochSampler):
@@ -320,6 +324,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             replaced = ReplacedLog()
             val_skipped_names: list[str] = []
             loss_sum = torch.zeros((), device=info.device)
+            loss_seen = 0  # images of the steps whose loss was finite
             seen, t0, wait = 0, time.perf_counter(), 0.0
             bar = tqdm(
                 total=steps_per_epoch,
@@ -331,7 +336,13 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             )
             it = iter(DeviceLoader(train_loader, info.device, preprocess))
             step = step_in_epoch
+            nonfinite_in_epoch = 0
             while step < steps_per_epoch:
+                # Only when skipping is allowed: a skipped step must also undo the BN statistics its forward
+                # moved (a few hundred floats per layer).
+                buffers_before = [b.clone() for b in model.buffers()] if cfg.train.skip_nonfinite else None
+                step_loss = torch.zeros((), device=info.device)
+                step_images = 0
                 for micro in range(cfg.train.accum_steps):
                     tw = time.perf_counter()
                     images, labels, names = next(it)
@@ -349,9 +360,41 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     ):
                         loss = criterion(net(images), labels) / cfg.train.accum_steps
                     scaler.scale(loss).backward()
-                    # Summed on the device: no host sync in the step; read at log time only.
-                    loss_sum += loss.detach().float() * cfg.train.accum_steps * images.shape[0]
-                    seen += images.shape[0]
+                    step_loss += loss.detach().float() * cfg.train.accum_steps * images.shape[0]
+                    step_images += images.shape[0]
+                seen += step_images
+                # One host sync per step (and, with several processes, one tiny all_reduce, so that every
+                # rank skips or stops at the same step): a NaN must not reach the weights.
+                bad = (~torch.isfinite(step_loss)).float()
+                if info.world_size > 1:
+                    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+                if bad.item():
+                    nonfinite_total += 1
+                    nonfinite_in_epoch += 1
+                    where = f"epoch {epoch + 1} step {step + 1} (global step {global_step + 1})"
+                    last = out / "last.pth"
+                    kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint written yet"
+                    if nonfinite_total > cfg.train.skip_nonfinite:
+                        bar.close()
+                        allowed = (
+                            f"more than train.skip_nonfinite={cfg.train.skip_nonfinite} such steps"
+                            if cfg.train.skip_nonfinite
+                            else "set train.skip_nonfinite=N to skip up to N such steps"
+                        )
+                        raise NonFiniteLossError(f"non-finite training loss at {where}; {kept}; {allowed}")
+                    optimizer.zero_grad(set_to_none=True)
+                    for b, before in zip(model.buffers(), buffers_before, strict=True):
+                        b.copy_(before)
+                    if info.is_main:
+                        tqdm.write(f"skipped a non-finite training loss at {where}", file=sys.stderr)
+                    global_step += 1
+                    step += 1
+                    scheduler.step_update(num_updates=global_step)
+                    bar.update(1)
+                    continue
+                # Summed on the device; read at log time only.
+                loss_sum += step_loss
+                loss_seen += step_images
                 if o.clip_grad:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
@@ -367,7 +410,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 bar.update(1)
                 if global_step % cfg.train.log_every == 0 or step == steps_per_epoch:
                     elapsed = time.perf_counter() - t0
-                    avg_loss = loss_sum.item() / max(seen, 1)
+                    avg_loss = loss_sum.item() / max(loss_seen, 1)
                     ips = seen * info.world_size / max(elapsed, 1e-9)
                     bar.set_postfix(
                         loss=f"{avg_loss:.4f}",
@@ -406,12 +449,13 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             epoch_time = time.perf_counter() - t0
             metrics = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum.item() / max(seen, 1),
+                "train_loss": loss_sum.item() / max(loss_seen, 1),
                 "lr": lr,
                 "epoch_time": epoch_time,
                 "images_per_second": seen * info.world_size / epoch_time,
                 "data_wait": wait / epoch_time,
                 "replaced": len(replaced.names),
+                "nonfinite_steps": nonfinite_in_epoch,
                 # What the epoch ran on: device-hours of a run = sum(epoch_time) * world_size.
                 "world_size": info.world_size,
                 "device": info.device.type,
@@ -449,5 +493,3 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         preempt.restore()
         if writer is not None:
             writer.close()
-        if not math.isfinite(metrics.get("train_loss", 0.0)):
-            print("warning: training loss is not finite", file=sys.stderr)

@@ -1,0 +1,81 @@
+"""A loss that turns NaN/inf: the run stops at that step, or skips up to train.skip_nonfinite such steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scnet.config import load_config
+from scnet.data.demo import make_demo
+from scnet.engine.train import NonFiniteLossError, train
+
+REPO = Path(__file__).parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
+    return root
+
+
+def _diverging(demo: Path, out: Path, *extra: str) -> list[str]:
+    """20 images, batch 4: 5 steps an epoch. A sane first step (warm-up starts at 1e-5), then a learning rate
+    of ~1e27 that blows the weights up, so the loss of step 3 is no longer finite. A checkpoint every step."""
+    return [
+        f"data.root={demo}",
+        "data.batch_size=4",
+        "data.workers=0",
+        "data.image_size=100",
+        f"output_dir={out}",
+        "train.epochs=1",
+        "train.tensorboard=false",
+        "train.checkpoint_every_steps=1",
+        "optim.lr=1e30",
+        "schedule.warmup_epochs=1",
+        "schedule.warmup_lr=1e-5",
+        *extra,
+    ]
+
+
+def test_stops_at_the_first_nonfinite_loss_with_its_step_and_keeps_the_last_checkpoint(demo, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "scnet.cli.train", "--config", str(QUICKSTART), *_diverging(demo, out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("scnet-train: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert "non-finite training loss at epoch 1 step 3 (global step 3)" in errors[0]
+    assert f"last good checkpoint: {out / 'last.pth'}" in errors[0] and "train.skip_nonfinite" in errors[0]
+    # The checkpoint is the one written after step 2, readable, and holds no NaN/inf: the bad step never
+    # reached the weights or the BN statistics.
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (out / "metrics.jsonl").exists()  # the epoch never finished
+
+
+def test_skips_up_to_n_nonfinite_steps_and_counts_them(demo, tmp_path):
+    """Steps 3-5 diverge: with 3 allowed, the epoch ends with the weights and BN statistics of step 2."""
+    out = tmp_path / "run"
+    train(load_config(QUICKSTART, _diverging(demo, out, "train.skip_nonfinite=3")))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["nonfinite_steps"] == 3
+    assert math.isfinite(metrics[0]["train_loss"])  # the mean over the two finite steps
+    after_step_2 = torch.load(out / "best.pth", weights_only=True)  # written at the epoch's end
+    assert after_step_2["global_step"] == 5
+    assert all(torch.isfinite(t).all() for t in after_step_2["model"].values() if t.is_floating_point())
+
+
+def test_stops_when_more_steps_diverge_than_allowed(demo, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1 step 4 .*more than train\.skip_nonfinite=1"):
+        train(load_config(QUICKSTART, _diverging(demo, out, "train.skip_nonfinite=1")))
+    assert torch.load(out / "last.pth", weights_only=True)["global_step"] == 2
