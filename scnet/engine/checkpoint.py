@@ -11,18 +11,30 @@ import numpy as np
 import torch
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` via a temporary file, fsync and rename: ``path`` is always whole."""
+def previous_path(path: Path) -> Path:
+    """Where :func:`save_atomic` keeps the file that ``path`` held before (``last.pth`` -> ``last.prev.pth``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
+    """Write ``state`` to ``path`` via a temporary file, fsync and rename: ``path`` is always whole.
+
+    ``keep_previous`` first moves the file ``path`` held to :func:`previous_path`, so that a checkpoint found
+    damaged later (a disk failure) still has a good predecessor to resume from.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous and path.is_file():
+        os.replace(path, previous_path(path))  # a crash right after: find_resume falls back to it
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)  # make the renames themselves durable
     finally:
         os.close(dir_fd)
 
@@ -57,6 +69,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def find_resume(output_dir: Path) -> Path | None:
-    """``output_dir/last.pth`` if a run left one there."""
+    """``output_dir/last.pth`` if a run left one there, else the previous one it kept (``last.prev.pth``)."""
     path = Path(output_dir) / "last.pth"
-    return path if path.is_file() else None
+    for candidate in (path, previous_path(path)):
+        if candidate.is_file():
+            return candidate
+    return None

@@ -162,6 +162,29 @@ def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
     return model.to(info.device, memory_format=memory_format)
 
 
+def _read_resume(candidates: list[Path], is_main: bool) -> tuple[dict, Path]:
+    """The first readable training checkpoint of ``candidates`` (missing files skipped), saying in one line
+    when it is not the first; a RunError naming every problem when none is."""
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            state = ckpt.load(path)
+        except Exception as e:  # noqa: BLE001 - truncated, empty, random or unsafe bytes: one line for the user
+            problems.append(f"{path}: cannot read checkpoint ({str(e).splitlines()[0] if str(e) else e!r})")
+            continue
+        if not isinstance(state, dict) or "model" not in state or "optimizer" not in state:
+            problems.append(f"{path}: not a training checkpoint of scnet-train (use model.pretrained for weights)")
+            continue
+        if problems and is_main:
+            print(f"warning: {problems[-1]}; resuming from the previous checkpoint, {path}", file=sys.stderr)
+        return state, path
+    if len(candidates) > 1:
+        problems.append("no good checkpoint left to resume from")
+    raise RunError("; ".join(problems))
+
+
 def _check_output_dir(out: Path, resuming: bool) -> None:
     if not resuming and out.exists() and any(out.glob("*.pth")):
         raise RunError(f"{out} already holds a run: resume it with --resume auto, or set output_dir to a new folder")
@@ -255,16 +278,9 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
     # Resume: everything that decides the next step.
     start_epoch, step_in_epoch, global_step, best_top1 = 0, 0, 0, -1.0
     if resume_path is not None:
-        try:
-            state = ckpt.load(resume_path)
-        except Exception as e:  # noqa: BLE001 - unreadable or unsafe file: one line for the user
-            raise RunError(
-                f"{resume_path}: cannot read checkpoint ({str(e).splitlines()[0] if str(e) else e!r})"
-            ) from e
-        if not isinstance(state, dict) or "model" not in state or "optimizer" not in state:
-            raise RunError(
-                f"{resume_path}: not a training checkpoint of scnet-train (use model.pretrained for weights)"
-            )
+        # --resume auto may fall back to the checkpoint before a damaged last one; a named file may not.
+        fallback = [ckpt.previous_path(resume_path)] if resume == "auto" else []
+        state, resume_path = _read_resume([resume_path, *fallback], info.is_main)
         _check_resume_classes(resume_path, state, classes, cfg.data.root)
         check_compatible(model, state["model"], str(resume_path))
         model.load_state_dict(state["model"])
@@ -309,7 +325,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         }
         if ema is not None:
             state["model_ema"] = ema.module.state_dict()
-        ckpt.save_atomic(state, out / name)
+        ckpt.save_atomic(state, out / name, keep_previous=name == "last.pth")
 
     preempt = Preempted()
     metrics: dict[str, Any] = {}

@@ -1,0 +1,103 @@
+"""A damaged last checkpoint (as after a disk failure): --resume auto says so and resumes from the previous one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from scnet.cli.train import main as train_main
+from scnet.config import load_config
+from scnet.data.demo import make_demo
+from scnet.engine import checkpoint as ckpt
+from scnet.engine.train import train
+
+REPO = Path(__file__).parents[2]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
+    return root
+
+
+def _overrides(demo: Path, out: Path, epochs: int) -> list[str]:
+    # 20 images, batch 4: 5 steps an epoch; a checkpoint at steps 2 and 4 and at the epoch's end.
+    return [
+        f"data.root={demo}",
+        "data.batch_size=4",
+        "data.workers=0",
+        "data.image_size=100",
+        f"output_dir={out}",
+        f"train.epochs={epochs}",
+        "train.deterministic=true",
+        "train.tensorboard=false",
+        "train.checkpoint_every_steps=2",
+        "schedule.name=step",
+        "schedule.milestones=[30]",
+        "schedule.warmup_epochs=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight(demo, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
+    return torch.load(out / "last.pth", weights_only=True)["model"]
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # random bytes of the same size
+        path.write_bytes(os.urandom(len(data)))
+
+
+def test_save_atomic_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "last.pth"
+    ckpt.save_atomic({"n": torch.tensor(1)}, path, keep_previous=True)
+    assert not ckpt.previous_path(path).exists()  # nothing before the first
+    ckpt.save_atomic({"n": torch.tensor(2)}, path, keep_previous=True)
+    assert int(ckpt.load(path)["n"]) == 2 and int(ckpt.load(ckpt.previous_path(path))["n"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pth", "last.pth"]  # no temporary left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["truncated", "empty", "random"])
+def test_resume_auto_falls_back_to_the_previous_checkpoint(demo, straight, tmp_path, capsys, how):
+    """Epoch 1 ends; its last.pth is damaged; the resume starts from step 4's checkpoint, and (deterministic on
+    CPU) the run still ends with exactly the weights of an uninterrupted one."""
+    out = tmp_path / "run"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
+    assert ckpt.load(ckpt.previous_path(out / "last.pth"))["global_step"] == 4
+    _damage(out / "last.pth", how)
+    capsys.readouterr()
+    assert train_main(["--config", str(QUICKSTART), *_overrides(demo, out, epochs=2), "--resume", "auto"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert f"{out / 'last.pth'}: cannot read checkpoint" in warnings[0]
+    assert f"resuming from the previous checkpoint, {out / 'last.prev.pth'}" in warnings[0]
+    got = torch.load(out / "last.pth", weights_only=True)["model"]
+    for key, want in straight.items():
+        assert torch.equal(got[key], want), key
+
+
+def test_no_good_checkpoint_left_is_one_line_and_fails(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
+    _damage(out / "last.pth", "empty")
+    _damage(ckpt.previous_path(out / "last.pth"), "truncated")
+    capsys.readouterr()
+    code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out, epochs=2), "--resume", "auto"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.count("\n") == 0, err
+    assert "last.pth: cannot read checkpoint" in err and "last.prev.pth: cannot read checkpoint" in err
+    assert err.endswith("no good checkpoint left to resume from")
