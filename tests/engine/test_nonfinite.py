@@ -12,18 +12,10 @@ import pytest
 import torch
 
 from scnet.config import load_config
-from scnet.data.demo import make_demo
 from scnet.engine.train import NonFiniteLossError, train
 
 REPO = Path(__file__).parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
-    return root
 
 
 def _diverging(demo: Path, out: Path, *extra: str) -> list[str]:

@@ -56,12 +56,6 @@ def _eval(capsys, tmp_path: Path, *args) -> dict:
     return json.loads(out_json.read_text())
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    return make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
-
-
 # --------------------------------------------------------------------------------------------------
 # 1. A data path is never invented
 
