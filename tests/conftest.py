@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,18 @@ from .utils import REFERENCE_DIR, REFERENCE_FILES, RELEASED, randomize_
 # multi-threaded convs of these small tensors 10-50x slower; one thread is predictable. OMP_NUM_THREADS wins.
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Iterator[Path]:
+    """A folder for the files a test module shares (checkpoints, data), removed when the module's tests end.
+
+    A training checkpoint of SCNet-50 is 100-300 MB; kept until the session ends (what pytest does with
+    tmp_path_factory), one run of the suite held 11 GB and filled a CI machine's disk.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,10 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """Data root, real.json and checkpoints, each with predictions known in advance (except ``random``)."""
-    tmp = tmp_path_factory.mktemp("eval")
+    tmp = module_tmp / "eval"
+    tmp.mkdir()
     crafted = crafted_state_dict(favoured=0)
     paths = {"data": make_val_split(tmp / "imagenet"), "real": write_real_json(tmp / "real.json")}
     # This project's training checkpoint: weights predict class 0, their EMA class 1.
@@ -242,9 +243,10 @@ def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsy
 
 
 @pytest.fixture(scope="module")
-def partial(tmp_path_factory):
+def partial(module_tmp):
     """A val split that lacks the first of 4 training classes (a b c d), a checkpoint that saved the list."""
-    tmp = tmp_path_factory.mktemp("partial")
+    tmp = module_tmp / "partial"
+    tmp.mkdir()
     data = make_tree(tmp / "data" / "val", {"b": 1, "c": 3, "d": 1}).parent
     crafted = crafted_state_dict(favoured=2, num_classes=4)  # predicts class 2, "c"
     config = {**CONFIG, "model": {"name": "scnet50", "num_classes": 4}}

@@ -36,8 +36,8 @@ def _overrides(demo: Path, out: Path, epochs: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def straight(demo, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("straight") / "run"
+def straight(demo, module_tmp) -> dict:
+    out = module_tmp / "straight"
     train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
     return torch.load(out / "last.pth", weights_only=True)["model"]
 

@@ -54,9 +54,9 @@ def crafted() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory, crafted):
+def training(module_tmp, crafted):
     """A training checkpoint as the trainer writes it: weights predict class 0, their EMA class 1."""
-    path = tmp_path_factory.mktemp("training") / "last.pth"
+    path = module_tmp / "last.pth"
     state = {"model": crafted, "model_ema": with_head(crafted, 1), "config": CONFIG, "classes": CLASSES}
     torch.save({**state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, path)
     return path
@@ -189,8 +189,9 @@ def test_sc_option_on_a_baseline_is_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory, crafted):
-    tmp = tmp_path_factory.mktemp("bad")
+def bad_files(module_tmp, crafted):
+    tmp = module_tmp / "bad"
+    tmp.mkdir()
     files = {name: tmp / f"{name}.pth" for name in ("garbage", "list", "not_tensors", "bare", "no_ema")}
     files["garbage"].write_bytes(b"not a checkpoint")
     torch.save([1, 2, 3], files["list"])

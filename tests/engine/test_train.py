@@ -42,8 +42,8 @@ def _weights(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def straight_run(demo, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight") / "run"
+def straight_run(demo, module_tmp) -> Path:
+    out = module_tmp / "straight"
     train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
     return out
 

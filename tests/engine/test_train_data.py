@@ -139,14 +139,14 @@ def test_warmup_as_long_as_the_run_warns_once(demo, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def partial(demo, tmp_path_factory) -> dict[str, Path]:
+def partial(demo, module_tmp) -> dict[str, Path]:
     """10 train classes, a val split without the first (00_circle), no classes.txt; 05_ring has 3 val images.
 
     One val file (07_vstripes) and one train file (03_star) are unreadable. A crafted classifier predicts class
     5 for every image: with the val split labelled by the training classes, its top-1 is 3 of the 10 readable
     images; a val split indexed on its own would call 06_hstripes class 5 (1 of 10).
     """
-    tmp = tmp_path_factory.mktemp("partial")
+    tmp = module_tmp
     root = tmp / "data"
     shutil.copytree(demo, root, ignore=shutil.ignore_patterns("classes.txt", "demo.json"))
     shutil.rmtree(root / "val" / "00_circle")
