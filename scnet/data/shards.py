@@ -23,6 +23,7 @@ import sys
 import tarfile
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ INDEX = "index.json"
 IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif"})
 # A temp file not written to for this long was left by a run that died (a live writer touches it constantly).
 STALE_TEMP_S = 600.0
+# Workers a mid-epoch resume position (``ShardDataset.set_epoch(epoch, skip)``) can describe.
+MAX_WORKERS = 256
 _TEMP = re.compile(r"^\..+\.\d+\.tmp$")
 _READ_BUFFER = 1 << 20
 
@@ -342,8 +345,14 @@ class ShardDataset(IterableDataset):
     same way on every rank, so ranks step equally often; a worker whose shards hold fewer samples than its
     share repeats some (only with unequal shards). Otherwise every sample is seen exactly once across ranks.
 
-    ``set_epoch`` reaches persistent workers too: the epoch lives in shared memory. Call it before the
-    DataLoader's iterator is created. rank/world_size default to torch.distributed's at construction.
+    With ``shuffle`` (training), the global CPU RNG is seeded before each sample's transform from (seed,
+    epoch, rank, worker, the sample's raw position in the worker's stream): a sample's augmentation does
+    not depend on what was decoded before it, so a mid-epoch resume (``set_epoch(epoch, skip)``, positions
+    kept by :class:`ShardPosition`) yields exactly the batches the uninterrupted epoch would have.
+
+    ``set_epoch`` reaches persistent workers too: the epoch and the resume position live in shared memory.
+    Call it before the DataLoader's iterator is created. rank/world_size default to torch.distributed's at
+    construction.
     """
 
     def __init__(
@@ -385,14 +394,52 @@ class ShardDataset(IterableDataset):
         self.equal_per_rank = equal_per_rank
         # Shared memory: DataLoader workers (persistent ones too) hold a copy of this object, not this object.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # The resume position: (raw items, samples yielded) per worker stream; _resume_at: how many streams it
+        # describes (0: none, the start of the epoch) and the stream DataLoader worker 0 reads.
+        self._skip = torch.zeros((MAX_WORKERS, 2), dtype=torch.int64).share_memory_()
+        self._resume_at = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     @property
     def epoch(self) -> int:
         return int(self._epoch)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's shard order and shuffle."""
+    def set_epoch(self, epoch: int, skip: Sequence[tuple[int, int]] | None = None, next_worker: int = 0) -> None:
+        """Select the epoch's shard order and shuffle, and where each worker's stream starts in it.
+
+        ``skip[w] = (raw, yielded)``: worker w (one entry per DataLoader worker, one for ``workers=0``) has
+        already read ``raw`` items of this epoch's stream (after the shuffle buffer; bad ones included) that
+        gave ``yielded`` samples; it goes on from item ``raw``, with the same shard order, shuffle buffer and
+        augmentation seeds as the uninterrupted epoch, without decoding the skipped items. ``next_worker``:
+        the worker whose batch came next; a DataLoader starts with its worker 0, so its worker i reads stream
+        ``(next_worker + i) % workers``. Both come from :class:`ShardPosition`. A bad item that the skipped
+        part read but no skipped sample replaced is not reported in ``replaced`` (never the case at a batch
+        boundary, where ShardPosition counts). None: from the start.
+        """
+        streams = 0 if skip is None else len(skip)
+        if skip is not None and not 1 <= streams <= MAX_WORKERS:
+            raise ValueError(f"skip needs one (raw, yielded) pair per worker, 1 to {MAX_WORKERS}, not {streams}")
+        if not 0 <= next_worker < max(streams, 1):
+            raise ValueError(f"next_worker {next_worker} is not one of the {max(streams, 1)} worker(s) of skip")
+        self._skip.zero_()
+        for w, (raw, yielded) in enumerate(skip or ()):
+            if not 0 <= yielded <= raw:
+                raise ValueError(f"skip[{w}] = ({raw}, {yielded}): need 0 <= yielded <= raw")
+            self._skip[w, 0], self._skip[w, 1] = raw, yielded
+        self._resume_at[0], self._resume_at[1] = streams, next_worker
         self._epoch.fill_(epoch)
+
+    def _stream(self, loader_worker: int, num_workers: int) -> tuple[int, int, int]:
+        """The worker stream a DataLoader worker reads, and its (raw items, samples yielded) to skip."""
+        streams, next_worker = self._resume_at.tolist()
+        if streams == 0:
+            return loader_worker, 0, 0
+        if streams != num_workers:
+            raise ShardError(
+                f"{self.split_dir}: resume position is for {streams} DataLoader stream(s), read with {num_workers}"
+            )
+        worker = (next_worker + loader_worker) % num_workers
+        raw, yielded = self._skip[worker].tolist()
+        return worker, raw, yielded
 
     # -------------------------------------------------------------------------------- who reads what
 
@@ -481,66 +528,83 @@ class ShardDataset(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _decoded(self, items: Iterator[tuple[str, bytes, int]], pending: list[str]) -> Iterator[tuple]:
-        """Decode and transform; a bad image is raised, yielded without image (skip), or left out and
-        named in ``pending`` for the next sample (replace)."""
-        for name, data, label in items:
-            try:
-                image = decode_rgb(data, name)
-                if self.transform is not None:
-                    image = self.transform(image)
-            except BadImageError:
-                if self.bad_images == "raise":
-                    raise
-                if self.bad_images == "skip":
-                    yield None, label, (name,)
-                else:
-                    pending.append(name)
-                continue
-            except Exception as e:  # noqa: BLE001 - a worker must say which sample, not die anonymously
-                raise ShardError(f"{name}: {type(e).__name__}: {e}") from e
-            replaced = tuple(pending)
-            pending.clear()
-            yield image, label, replaced
+    def _decode(
+        self, name: str, data: bytes, label: int, pending: list[str], seed: int | None
+    ) -> tuple[torch.Tensor | None, int, tuple[str, ...]] | None:
+        """Decode and transform one item (the CPU RNG seeded with ``seed`` first, unless None); a bad image is
+        raised, returned without image (skip), or named in ``pending`` for the next sample (replace: None)."""
+        try:
+            image = decode_rgb(data, name)
+            if self.transform is not None:
+                if seed is not None:
+                    # CPU generator only: torch.manual_seed would also (lazily) seed CUDA, 10x the cost.
+                    torch.default_generator.manual_seed(seed)
+                image = self.transform(image)
+        except BadImageError:
+            if self.bad_images == "raise":
+                raise
+            if self.bad_images == "skip":
+                return None, label, (name,)
+            pending.append(name)
+            return None
+        except Exception as e:  # noqa: BLE001 - a worker must say which sample, not die anonymously
+            raise ShardError(f"{name}: {type(e).__name__}: {e}") from e
+        replaced = tuple(pending)
+        pending.clear()
+        return image, label, replaced
 
-    def _one_pass(
-        self, epoch: int, worker: int, slot: int, num_slots: int, repeat: int, pending: list[str]
-    ) -> Iterator[tuple[torch.Tensor, int, tuple[str, ...]]]:
-        """One pass over this slot's samples: read, (shuffle,) decode."""
+    def _pass_items(
+        self, epoch: int, worker: int, slot: int, num_slots: int, repeat: int
+    ) -> Iterator[tuple[str, bytes, int]]:
+        """One pass over this slot's items, undecoded: read, (shuffle)."""
         items = self._raw(epoch, slot, num_slots)
         if self.shuffle:
             # A string seed is hashed with SHA-512: stable across runs and Python versions, unlike hash().
             rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/{worker}/{repeat}")
             items = self._buffered(items, self.buffer_size, rng)
-        return self._decoded(items, pending)
+        return items
+
+    def _sample_seed(self, epoch: int, worker: int, position: int) -> int:
+        """The augmentation seed of the item at raw ``position`` of a worker's stream (stable: crc32)."""
+        return zlib.crc32(f"shard:{self.seed}:{epoch}:{self.rank}:{worker}:{position}".encode())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, tuple[str, ...]]]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        loader_worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, skip, yielded = self._stream(loader_worker, num_workers)
         # Slot numbering worker-major: a rank's share of the samples does not depend on num_workers.
         slot, num_slots = worker * self.world_size + self.rank, num_workers * self.world_size
         epoch = self.epoch
+        quota = None
+        if self.equal_per_rank:
+            quota = _worker_quotas(self.num_samples // self.world_size, num_workers)[worker]
         pending: list[str] = []
-        if not self.equal_per_rank:
-            yield from self._one_pass(epoch, worker, slot, num_slots, 0, pending)
-            if pending:
-                warnings.warn(f"bad samples skipped at the end of the epoch: {', '.join(pending)}", stacklevel=2)
-            return
-        quota = _worker_quotas(self.num_samples // self.world_size, num_workers)[worker]
-        yielded, repeat = 0, 0
-        while yielded < quota:
-            before = yielded
-            for sample in self._one_pass(epoch, worker, slot, num_slots, repeat, pending):
+        position, repeat = 0, 0  # raw items of this epoch's stream read so far (across repeats), passes done
+        while quota is None or yielded < quota:
+            before, first = yielded, position
+            for name, data, label in self._pass_items(epoch, worker, slot, num_slots, repeat):
+                position += 1
+                if position <= skip:  # read already (before a resume): not decoded
+                    continue
+                seed = self._sample_seed(epoch, worker, position - 1) if self.shuffle else None
+                sample = self._decode(name, data, label, pending, seed)
+                if sample is None:
+                    continue
                 yield sample
                 yielded += 1
                 if yielded == quota:
                     return
-            if yielded == before:
+            if quota is None:
+                break
+            # A pass without a good sample (unless it was partly skipped: that part held them).
+            if yielded == before and (first >= skip or position == first):
                 raise ShardError(
                     f"{self.split_dir}: no readable sample for rank {self.rank}, worker {worker} "
                     f"(bad: {', '.join(pending) or 'none'})"
                 )
             repeat += 1  # fewer samples here than this worker's share: go round again
+        if pending:
+            warnings.warn(f"bad samples skipped at the end of the epoch: {', '.join(pending)}", stacklevel=2)
 
     def rank_num_samples(self, num_workers: int = 0, epoch: int | None = None) -> int:
         """Samples this rank yields in an epoch (bad ones included) when read with ``num_workers`` workers."""
@@ -549,3 +613,83 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch if epoch is None else epoch
         n = max(num_workers, 1)
         return sum(self._slot_count(epoch, w * self.world_size + self.rank, n * self.world_size) for w in range(n))
+
+    def _worker_batches(self, num_workers: int, batch_size: int, epoch: int | None) -> list[int]:
+        """Full batches of each worker's stream this epoch (one stream for ``num_workers=0``)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        n = max(num_workers, 1)
+        if self.equal_per_rank:
+            counts = _worker_quotas(self.num_samples // self.world_size, n)
+        else:
+            epoch = self.epoch if epoch is None else epoch
+            counts = [self._slot_count(epoch, w * self.world_size + self.rank, n * self.world_size) for w in range(n)]
+        return [c // batch_size for c in counts]
+
+    def batch_order(self, num_workers: int, batch_size: int, epoch: int | None = None) -> list[int]:
+        """The worker of each batch this rank's DataLoader (``drop_last=True``) delivers in an epoch, in order.
+
+        The DataLoader takes batches from its workers in turn, passing over a worker once it has none left.
+        Exact with ``equal_per_rank`` (training); otherwise counted from the index, so bad samples that are
+        replaced can leave a worker short of this.
+        """
+        batches = self._worker_batches(num_workers, batch_size, epoch)
+        return [w for r in range(max(batches)) for w, n in enumerate(batches) if r < n]
+
+    def rank_num_batches(self, num_workers: int, batch_size: int, epoch: int | None = None) -> int:
+        """Batches this rank's DataLoader (``drop_last=True``) delivers in an epoch: ``len(batch_order(...))``."""
+        return sum(self._worker_batches(num_workers, batch_size, epoch))
+
+
+class ShardPosition:
+    """How far each DataLoader worker's stream of a :class:`ShardDataset` epoch has been consumed, counted
+    from the batches the trainer received, for an exact mid-epoch resume.
+
+    ``order`` is :meth:`ShardDataset.batch_order` of the epoch (batch j came from worker ``order[j]``; exact
+    with ``equal_per_rank``, as in training); ``state`` a :meth:`state_dict` from a checkpoint (None: the
+    start of the epoch). Use::
+
+        pos = ShardPosition(ds.batch_order(workers, batch_size, epoch), workers, state)
+        ds.set_epoch(epoch, pos.skip, pos.next_worker)   # before iter(loader)
+        for batch in loader:
+            pos.update(len(batch.images), len(batch.replaced), len(batch.skipped))
+        checkpoint["shard_position"] = pos.state_dict()   # plain ints and lists
+    """
+
+    def __init__(self, order: Sequence[int], num_workers: int, state: dict | None = None) -> None:
+        self.order = list(order)
+        streams = max(num_workers, 1)
+        self.batches = 0  # batches received this epoch
+        self._skip = [[0, 0] for _ in range(streams)]  # per worker: [raw items, samples yielded]
+        if state is not None:
+            skip = [[int(raw), int(yielded)] for raw, yielded in state["skip"]]
+            batches = int(state["batches"])
+            if len(skip) != streams or not 0 <= batches <= len(self.order):
+                raise ValueError(
+                    f"shard position of {batches} batches over {len(skip)} stream(s) does not fit this epoch "
+                    f"({len(self.order)} batches over {streams} stream(s)): were the workers or the batch size changed?"
+                )
+            self.batches, self._skip = batches, skip
+
+    def update(self, num_images: int, num_replaced: int, num_skipped: int = 0) -> None:
+        """Count the next batch: its images, the bad files they replaced, the bad files it skipped."""
+        if self.batches >= len(self.order):
+            raise ValueError(f"batch {self.batches + 1} of an epoch of {len(self.order)}")
+        counts = self._skip[self.order[self.batches]]
+        counts[0] += num_images + num_replaced + num_skipped
+        counts[1] += num_images + num_skipped
+        self.batches += 1
+
+    @property
+    def next_worker(self) -> int:
+        """The worker whose batch comes next: the ``next_worker`` of :meth:`ShardDataset.set_epoch`."""
+        return self.order[self.batches] if self.batches < len(self.order) else 0
+
+    @property
+    def skip(self) -> list[tuple[int, int]]:
+        """Per worker ``(raw items, samples yielded)`` so far: the ``skip`` of :meth:`ShardDataset.set_epoch`."""
+        return [(raw, yielded) for raw, yielded in self._skip]
+
+    def state_dict(self) -> dict:
+        """``{"batches": int, "skip": [[raw, yielded], ...]}``: loadable with ``torch.load(weights_only=True)``."""
+        return {"batches": self.batches, "skip": [list(c) for c in self._skip]}
