@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr (rank 0) and exit status 2; a run stopped by a
-    non-finite loss, with one line and status 1."""
+    non-finite loss, a checkpoint it could not write or a lost peer process, with one line and status 1."""
     # Intermixed: overrides may come before and after --resume/--print-config.
     args = build_parser().parse_intermixed_args(argv)
     from scnet.config import ConfigError, format_config, load_config
@@ -42,13 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(format_config(cfg))
             return 0
-        from scnet.engine.train import NonFiniteLossError, train
+        from scnet.engine.checkpoint import CheckpointWriteError
+        from scnet.engine.train import NonFiniteLossError, PeerLostError, train
 
         try:
             train(cfg, resume=args.resume)
-        except NonFiniteLossError as e:  # the run started and failed: 1, not a usage error
+        except (NonFiniteLossError, CheckpointWriteError) as e:  # the run started and failed: 1, not a usage error
             if main_rank:
                 print(f"scnet-train: error: {e}", file=sys.stderr)
+            return 1
+        except PeerLostError as e:  # every surviving rank says so: rank 0 may be the one that is gone
+            print(f"scnet-train: error: {e}", file=sys.stderr)
             return 1
     except (ConfigError, CheckpointError, BadImageError, ValueError, OSError) as e:
         if main_rank:

@@ -196,6 +196,11 @@ class TrainConfig:
         "as nonfinite_steps in metrics.jsonl) before the run stops; 0 = stop at the first",
     )
     tensorboard: bool = _key(True, "write TensorBoard event files to output_dir")
+    dist_timeout: int = _key(
+        1800,
+        "multi-process runs: seconds a process waits for the others (start-up, each collective) before it stops "
+        "with an error naming the lost peer, instead of hanging when one died or hangs",
+    )
 
 
 @dataclass(frozen=True)
@@ -375,4 +380,5 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     need(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", f"must be >= 0, got {t.checkpoint_every_steps}")
     need(t.skip_nonfinite >= 0, "train.skip_nonfinite", f"must be >= 0, got {t.skip_nonfinite}")
+    need(t.dist_timeout >= 1, "train.dist_timeout", f"must be >= 1 (seconds), got {t.dist_timeout}")
     return problems

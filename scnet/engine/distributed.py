@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -24,10 +25,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed(device: str | None = None) -> DistInfo:
+def setup_distributed(device: str | None = None, timeout: float | None = None) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (RANK/WORLD_SIZE set); else a single process.
 
-    NCCL on CUDA, gloo on CPU; each process takes ``cuda:LOCAL_RANK``.
+    NCCL on CUDA, gloo on CPU; each process takes ``cuda:LOCAL_RANK``. ``timeout`` (seconds; None: torch's
+    default) bounds the wait for the other processes at start-up and in every collective, so that a process
+    whose peer died or hangs stops with an error instead of waiting forever.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -37,7 +40,8 @@ def setup_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        kwargs = {"timeout": timedelta(seconds=timeout)} if timeout is not None else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return DistInfo(rank, world_size, local_rank, dev)
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..data.device import DevicePreprocess
 from ..data.loader import Batch, EpochSampler, build_loader, collate, dist_info
 from ..data.shards import ShardDataset
+from . import faults
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Positions in the per-rank count vector that all_reduce sums.
@@ -219,6 +220,7 @@ def evaluate(
                 logits = model(images)
             real_rows = real[indices.to(device)] if real is not None else None
             counts += _batch_counts(logits.float(), labels, real_rows)
+            faults.point("eval")
     finally:
         bar.close()
         model.train(was_training)

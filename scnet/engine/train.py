@@ -29,10 +29,12 @@ from ..config import Config, config_to_dict, dump_config
 from ..data.builtin import DEMO, resolve_root
 from ..data.device import DeviceLoader, DevicePreprocess, build_mixup
 from ..data.loader import EpochSampler, ReplacedLog, build_dataset, build_loader, skipped_summary
+from ..data.shards import ShardPosition
 from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
 from ..models.weights import check_compatible
 from . import checkpoint as ckpt
+from . import faults
 from .build import model_options
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
@@ -44,6 +46,29 @@ class RunError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf (more often than ``train.skip_nonfinite`` allows): one line for the user."""
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died or stopped answering: one line for the user, on every rank."""
+
+
+# What gloo and NCCL say when a peer is gone or silent (they raise plain RuntimeErrors).
+_PEER_LOST = ("Connection reset", "Connection closed", "Broken pipe", "Timed out", "timed out", "NCCL", "gloo")
+
+
+def _peer_lost(e: BaseException, info: DistInfo, timeout: int, out: Path) -> PeerLostError | None:
+    """The one-line error for a collective that failed because another process is gone, else None."""
+    text = str(e)
+    if info.world_size == 1 or not (isinstance(e, dist.DistError) or any(k in text for k in _PEER_LOST)):
+        return None
+    # "[.../gloo/transport/tcp/pair.cc:545] Read error ...: Connection reset by peer. This is typically ..."
+    cause = text.split("] ", 1)[-1].split(". ")[0].strip() if text else type(e).__name__
+    last = out / "last.pth"
+    kept = f"last checkpoint: {last}" if last.is_file() else "no checkpoint written yet"
+    return PeerLostError(
+        f"rank {info.rank} of {info.world_size}: lost the other processes of the run ({cause}); one of them died or "
+        f"did not answer within train.dist_timeout={timeout} s; {kept}; restart the run with --resume auto"
+    )
 
 
 class Preempted:
@@ -163,11 +188,12 @@ def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
 
 
 def _read_resume(candidates: list[Path], is_main: bool) -> tuple[dict, Path]:
-    """The first readable training checkpoint of ``candidates`` (missing files skipped), saying in one line
+    """The first readable training checkpoint of ``candidates``, saying in one line
     when it is not the first; a RunError naming every problem when none is."""
     problems = []
     for path in candidates:
         if not path.is_file():
+            problems.append(f"{path}: missing")
             continue
         try:
             state = ckpt.load(path)
@@ -185,6 +211,35 @@ def _read_resume(candidates: list[Path], is_main: bool) -> tuple[dict, Path]:
     raise RunError("; ".join(problems))
 
 
+def _align_metrics(path: Path, state: dict) -> None:
+    """Make metrics.jsonl list exactly the epochs the resumed checkpoint has finished.
+
+    Lines of later epochs (a resume from an older checkpoint redoes them) and a torn last line go; the line of
+    the checkpoint's own epoch is added from the checkpoint when the run was killed before writing it.
+    """
+    finished = state["epoch"]
+    lines, changed = [], False
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                epoch = json.loads(line)["epoch"]
+            except (ValueError, KeyError, TypeError):
+                changed = True  # torn by a kill mid-write
+                continue
+            if epoch > finished:
+                changed = True
+                continue
+            lines.append((epoch, line))
+    saved = state.get("metrics")
+    if saved and saved.get("epoch") == finished and all(epoch != finished for epoch, _ in lines):
+        lines.append((finished, json.dumps(saved)))
+        changed = True
+    if changed:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(f"{line}\n" for _, line in lines))
+        tmp.replace(path)
+
+
 def _check_output_dir(out: Path, resuming: bool) -> None:
     if not resuming and out.exists() and any(out.glob("*.pth")):
         raise RunError(f"{out} already holds a run: resume it with --resume auto, or set output_dir to a new folder")
@@ -192,9 +247,14 @@ def _check_output_dir(out: Path, resuming: bool) -> None:
 
 def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Run training as ``cfg`` says; ``resume`` is a checkpoint path, ``"auto"`` or None. Returns the last metrics."""
-    info = setup_distributed()
+    info = setup_distributed(timeout=cfg.train.dist_timeout)
     try:
         return _train(cfg, resume, info)
+    except Exception as e:
+        lost = _peer_lost(e, info, cfg.train.dist_timeout, Path(cfg.output_dir))
+        if lost is None:
+            raise
+        raise lost from e
     finally:
         cleanup_distributed()
 
@@ -229,8 +289,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
     eval_preprocess = DevicePreprocess(info.device, channels_last=cfg.model.channels_last)
     if isinstance(train_loader.sampler, EpochSampler):
         steps_per_epoch = len(train_loader) // cfg.train.accum_steps
-    else:
-        steps_per_epoch = train_ds.rank_num_samples(cfg.data.workers, 0) // micro_batch // cfg.train.accum_steps
+    else:  # shards: the batches the loader's workers actually deliver (each drops its own partial batch)
+        steps_per_epoch = train_ds.rank_num_batches(cfg.data.workers, micro_batch, 0) // cfg.train.accum_steps
     if steps_per_epoch == 0:
         raise RunError(
             f"{cfg.data.root}: too few training images for one step of data.batch_size={cfg.data.batch_size}"
@@ -277,10 +337,14 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
 
     # Resume: everything that decides the next step.
     start_epoch, step_in_epoch, global_step, best_top1 = 0, 0, 0, -1.0
+    shard_resume = None  # shards, resumed mid-epoch: how far this rank's loader workers had read
+    epoch_so_far = None  # resumed mid-epoch: this rank's sums over the epoch's steps before the checkpoint
     if resume_path is not None:
-        # --resume auto may fall back to the checkpoint before a damaged last one; a named file may not.
-        fallback = [ckpt.previous_path(resume_path)] if resume == "auto" else []
-        state, resume_path = _read_resume([resume_path, *fallback], info.is_main)
+        # --resume auto may fall back to the checkpoint before a damaged (or, killed mid-rename, missing) last
+        # one; a named file may not.
+        last = out / "last.pth"
+        candidates = [last, ckpt.previous_path(last)] if resume == "auto" else [resume_path]
+        state, resume_path = _read_resume(candidates, info.is_main)
         _check_resume_classes(resume_path, state, classes, cfg.data.root)
         check_compatible(model, state["model"], str(resume_path))
         model.load_state_dict(state["model"])
@@ -292,50 +356,84 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         global_step, best_top1 = state["global_step"], state["best_top1"]
         ckpt.set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0])
+        if step_in_epoch > 0 and info.rank < len(state.get("shard_positions") or []):
+            shard_resume = state["shard_positions"][info.rank]
+        if step_in_epoch > 0 and info.rank < len(state.get("epoch_so_far") or []):
+            epoch_so_far = state["epoch_so_far"][info.rank]
+        if info.is_main:
+            _align_metrics(out / "metrics.jsonl", state)
 
     writer = None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(out)  # left by a process killed while writing a checkpoint
         dump_config(cfg, out / "config.yaml")
         if cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(out / "tb")
 
+    shard_pos: ShardPosition | None = None
+
     def save(name: str, epoch: int, step: int, extra: dict | None = None) -> None:
-        rngs = [ckpt.rng_state()]
+        # Every rank's RNG state; mid-epoch, also its sums over the epoch so far and, on shards, how far its
+        # loader workers have read: a resumed epoch then reports what the uninterrupted one would have.
+        mid = step > 0
+        so_far = dict(loss_sum=loss_sum.item(), loss_seen=loss_seen, nonfinite=nonfinite_in_epoch) if mid else None
+        if so_far is not None:
+            so_far["replaced"] = list(replaced.names)
+        position = shard_pos.state_dict() if shard_pos is not None and mid else None
+        gathered = [(ckpt.rng_state(), position, so_far)]
         if info.world_size > 1:
-            rngs = [None] * info.world_size
-            dist.all_gather_object(rngs, ckpt.rng_state())
-        if not info.is_main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step_in_epoch": step,
-            "global_step": global_step,
-            "best_top1": best_top1,
-            "rng": rngs,
-            "config": config_to_dict(cfg),
-            "classes": classes,  # index -> class name: scnet-eval labels any val split by it
-            **(extra or {}),
-        }
-        if ema is not None:
-            state["model_ema"] = ema.module.state_dict()
-        ckpt.save_atomic(state, out / name, keep_previous=name == "last.pth")
+            gathered = [None] * info.world_size
+            dist.all_gather_object(gathered, (ckpt.rng_state(), position, so_far))
+        rngs, positions, sums = (list(column) for column in zip(*gathered, strict=True))
+        error = None
+        if info.is_main:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step,
+                "global_step": global_step,
+                "best_top1": best_top1,
+                "rng": rngs,
+                "config": config_to_dict(cfg),
+                "classes": classes,  # index -> class name: scnet-eval labels any val split by it
+                **(extra or {}),
+            }
+            if positions[0] is not None:
+                state["shard_positions"] = positions
+            if sums[0] is not None:
+                state["epoch_so_far"] = sums
+            if ema is not None:
+                state["model_ema"] = ema.module.state_dict()
+            try:
+                ckpt.save_atomic(state, out / name, keep_previous=name == "last.pth")
+            except ckpt.CheckpointWriteError as e:
+                error = str(e)
+        shared = [error]
+        if info.world_size > 1:
+            dist.broadcast_object_list(shared, src=0)  # every rank stops together, none waits for a rank 0 gone
+        if shared[0] is not None:
+            last = out / "last.pth"
+            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+            raise ckpt.CheckpointWriteError(f"{shared[0]}; {kept} (untouched; no partial file left)")
 
     preempt = Preempted()
     metrics: dict[str, Any] = {}
     nonfinite_total = 0  # skipped steps of this process's run (not restored on resume: a fresh allowance)
+    bar = None
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
             if isinstance(train_loader.sampler, EpochSampler):
                 train_loader.sampler.set_epoch(epoch, start=step_in_epoch * cfg.train.accum_steps * micro_batch)
-            else:  # shards: whole epochs only (a mid-epoch resume restarts the epoch's order)
-                train_ds.set_epoch(epoch)
+            else:  # shards: each loader worker's stream starts where the checkpoint's run left it
+                order = train_ds.batch_order(cfg.data.workers, micro_batch, epoch)
+                shard_pos = ShardPosition(order, cfg.data.workers, shard_resume if epoch == start_epoch else None)
+                train_ds.set_epoch(epoch, shard_pos.skip, shard_pos.next_worker)
             net.train()
             replaced = ReplacedLog()
             val_skipped_names: list[str] = []
@@ -353,6 +451,10 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             it = iter(DeviceLoader(train_loader, info.device, preprocess))
             step = step_in_epoch
             nonfinite_in_epoch = 0
+            if epoch == start_epoch and epoch_so_far is not None:
+                loss_sum.fill_(epoch_so_far["loss_sum"])  # float32 -> float -> float32: exact
+                loss_seen, nonfinite_in_epoch = epoch_so_far["loss_seen"], epoch_so_far["nonfinite"]
+                replaced.update(epoch_so_far["replaced"])
             while step < steps_per_epoch:
                 # Only when skipping is allowed: a skipped step must also undo the BN statistics its forward
                 # moved (a few hundred floats per layer).
@@ -361,8 +463,11 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                 step_images = 0
                 for micro in range(cfg.train.accum_steps):
                     tw = time.perf_counter()
+                    faults.point("data")
                     images, labels, names = next(it)
                     wait += time.perf_counter() - tw
+                    if shard_pos is not None:
+                        shard_pos.update(images.shape[0], len(names))
                     replaced.update(names)
                     if mixup is not None:
                         images, labels = mixup(images, labels)
@@ -379,6 +484,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     step_loss += loss.detach().float() * cfg.train.accum_steps * images.shape[0]
                     step_images += images.shape[0]
                 seen += step_images
+                faults.point("step")
                 # One host sync per step (and, with several processes, one tiny all_reduce, so that every
                 # rank skips or stops at the same step): a NaN must not reach the weights.
                 bad = (~torch.isfinite(step_loss)).float()
@@ -487,9 +593,12 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             is_best = metrics.get("top1", -1.0) > best_top1
             if is_best:
                 best_top1 = metrics["top1"]
-            save("last.pth", epoch + 1, 0)
+            # best.pth before last.pth: a run killed between the two redoes this epoch and writes best.pth again.
+            # last.pth carries the epoch's metrics: a run killed before its metrics.jsonl line gets it on resume.
             if is_best:
                 save("best.pth", epoch + 1, 0)
+            save("last.pth", epoch + 1, 0, {"metrics": metrics})
+            faults.point("epoch_end")
             if info.is_main:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -506,6 +615,8 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     print(f"validation: {skipped_summary(val_skipped_names)}", file=sys.stderr)
         return metrics
     finally:
+        if bar is not None:
+            bar.close()  # an error's one line then starts on a line of its own, not after the progress bar
         preempt.restore()
         if writer is not None:
             writer.close()
