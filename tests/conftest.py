@@ -22,6 +22,23 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", help="also run the long trials (tests marked long: random kills, soak)"
+    )
+    parser.addoption("--kill-seed", type=int, default=0, help="seed of the random kill trials (--long)")
+    parser.addoption("--reliability-report", default=None, help="append the long trials' results (JSON lines) here")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long trial: run with --long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(request, tmp_path_factory) -> Iterator[Path]:
     """A folder for the files a test module shares (checkpoints, data), removed when the module's tests end.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def test_resume_auto_falls_back_to_the_previous_checkpoint(demo, straight, tmp_p
     got = torch.load(out / "last.pth", weights_only=True)["model"]
     for key, want in straight.items():
         assert torch.equal(got[key], want), key
+    # Epoch 1 was redone from step 4: its metrics line is there once, not twice.
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_no_good_checkpoint_left_is_one_line_and_fails(demo, tmp_path, capsys):

@@ -1,0 +1,134 @@
+"""A process of a 2-process run dies (kill -9) or hangs (SIGSTOP): with torchrun's restarts the run finishes
+from its last checkpoint with the weights of an uninterrupted run; without, the survivor stops with one line
+within ``train.dist_timeout`` instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import ENV, KILLED, REPO, assert_same_weights, leftovers, overrides, run, weights
+from .harness import QUICKSTART as CONFIG
+
+TIMEOUT = 10  # train.dist_timeout of these runs, in seconds
+
+
+def _train_args(demo: Path, out: Path, *extra: str) -> list[str]:
+    # No loader workers: 2 ranks already share the 2 cores of CI.
+    return ["--config", str(CONFIG), *overrides(demo, out, workers=0), *extra, "--resume", "auto"]
+
+
+def _torchrun(demo: Path, out: Path, restarts: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        f"--max-restarts={restarts}",
+        "-m",
+        "scnet.cli.train",
+        *_train_args(demo, out, *extra),
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference2(demo, module_tmp) -> Path:
+    """The uninterrupted 2-process run."""
+    out = module_tmp / "reference2"
+    result = run(_torchrun(demo, out, 0))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_dead_worker_from_the_last_checkpoint(demo, reference2, tmp_path):
+    out = tmp_path / "run"
+    # Rank 1 kills itself at its 7th step (global step 7; the last checkpoint is step 6's). The restarted
+    # workers resume at step 6 and take 4 more steps, so the same fault cannot fire again.
+    result = run(_torchrun(demo, out, 1), fault="step:7:rank=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Signals.SIGKILL" in result.stderr or "exitcode: -9" in result.stderr, result.stderr[-3000:]
+    assert_same_weights(weights(reference2), weights(out))
+    assert leftovers(out) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ranks(demo: Path, out: Path, fault: str | None = None) -> list[subprocess.Popen]:
+    """Two processes started as a scheduler does (srun, one per node): no torchrun agent watches them."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = ENV | {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+        }
+        if fault:
+            env["SCNET_FAULT"] = fault
+        command = [sys.executable, "-m", "scnet.cli.train", *_train_args(demo, out, f"train.dist_timeout={TIMEOUT}")]
+        procs.append(
+            subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        )
+    return procs
+
+
+def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert all(p.poll() is None for p in procs), "a process ended early"
+        time.sleep(0.2)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("scnet-train:")]
+
+
+@pytest.mark.slow
+def test_survivor_of_a_dead_peer_stops_in_one_line(demo, tmp_path):
+    out = tmp_path / "run"
+    rank0, rank1 = _start_ranks(demo, out, fault="step:3:rank=1")
+    assert rank1.wait(timeout=300) == KILLED
+    started = time.monotonic()
+    err = rank0.communicate(timeout=TIMEOUT + 60)[1]
+    assert rank0.returncode == 1, err[-3000:]
+    assert time.monotonic() - started < TIMEOUT + 60
+    (line,) = _error_lines(err)
+    assert line.startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (")
+    assert f"train.dist_timeout={TIMEOUT} s; last checkpoint: {out / 'last.pth'}; restart" in line
+
+
+@pytest.mark.slow
+def test_survivor_of_a_hung_peer_stops_after_the_timeout(demo, tmp_path):
+    out = tmp_path / "run"
+    procs = _start_ranks(demo, out)
+    rank0, rank1 = procs
+    try:
+        _wait_for(out / "last.pth", procs)  # step 2's checkpoint: both ranks are in the loop
+        os.kill(rank1.pid, signal.SIGSTOP)  # alive, silent: what a hung GPU or a frozen node looks like
+        started = time.monotonic()
+        err = rank0.communicate(timeout=TIMEOUT + 120)[1]
+        waited = time.monotonic() - started
+    finally:
+        rank1.kill()
+        rank1.communicate()
+    assert rank0.returncode == 1, err[-3000:]
+    assert TIMEOUT - 1 < waited < TIMEOUT + 60, waited
+    (line,) = _error_lines(err)
+    assert line.startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (Timed out")
