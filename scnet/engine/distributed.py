@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,6 +27,23 @@ class DistInfo:
         return self.rank == 0
 
 
+def shared_store_restart_problem(env: Mapping[str, str] = os.environ) -> str | None:
+    """Why torchrun's restarts would fail at start-up here, or None.
+
+    With ``--max-restarts`` > 0 and the rendezvous store shared with the workers (torchrun's default since
+    torch 2.5), a restarted worker can read the addresses the failed attempt's workers left in that store and
+    die connecting to them (pytorch/pytorch#135712; gloo and NCCL alike). torchrun itself must be started
+    with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``; a worker can only say so.
+    """
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) < 1:
+        return None
+    return (
+        "torchrun --max-restarts with its shared rendezvous store: restarted workers can fail at start-up "
+        "connecting to the dead workers' addresses (pytorch/pytorch#135712); "
+        "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"
+    )
+
+
 def setup_distributed(device: str | None = None, timeout: float | None = None) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (RANK/WORLD_SIZE set); else a single process.
 
@@ -40,6 +59,9 @@ def setup_distributed(device: str | None = None, timeout: float | None = None) -
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
+        problem = shared_store_restart_problem()
+        if problem and rank == 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+            print(f"warning: {problem}", file=sys.stderr)
         kwargs = {"timeout": timedelta(seconds=timeout)} if timeout is not None else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return DistInfo(rank, world_size, local_rank, dev)
