@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
@@ -68,11 +70,36 @@ def check_compatible(
     raise CheckpointError(f"{source} does not fit {arch}: " + ", ".join(parts) + " tensors")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> nn.Module:
+def _is_main_process() -> bool:
+    """Rank 0 of torch.distributed (or of torchrun's environment before the group exists), or no group at all."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def head_report(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike, head_name: str) -> str:
+    """One line: which classifier tensors of ``path`` were not loaded into ``model`` and why, and how many were."""
+    skipped = [k for k in state_dict if k.startswith(f"{head_name}.")]
+    given = tuple(state_dict[f"{head_name}.weight"].shape)
+    ours = model.state_dict().get(f"{head_name}.weight")
+    if ours is None:
+        why = "the model has no classifier: num_classes=0"
+    else:
+        why = (
+            f"shape {given} in the file vs {tuple(ours.shape)} in the model: another number of classes, "
+            "so the classifier keeps its fresh initialisation"
+        )
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    loaded = len(state_dict) - len(skipped)
+    return f"{path}: not loaded into {arch}: {', '.join(skipped)} ({why}); the other {loaded} tensors were loaded"
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False, quiet: bool = False) -> nn.Module:
     """Load the checkpoint at ``path`` into ``model`` strictly; return ``model``.
 
     If only the classifier differs (fine-tuning from 1000 to N classes, or ``num_classes=0``), the
-    model keeps its own classifier and every other tensor is loaded.
+    model keeps its own classifier and every other tensor is loaded; unless ``quiet``, one line on stderr
+    (rank 0 of a multi-process run) names the tensors left out and why (:func:`head_report`).
     """
     state_dict = read_state_dict(path, use_ema=use_ema)
     head_prefix = ""
@@ -85,6 +112,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = Fals
             head_prefix = f"{head_name}."
     check_compatible(model, state_dict, str(path), ignore_prefix=head_prefix)
     if head_prefix:
+        # Said before loading, once per run: a silently fresh head looks like a broken checkpoint when
+        # accuracy starts at chance, and a wrong num_classes would otherwise go unnoticed.
+        if not quiet and _is_main_process():
+            print(head_report(model, state_dict, path, head_name), file=sys.stderr)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_prefix)}
     model.load_state_dict(state_dict, strict=not head_prefix)
     return model
