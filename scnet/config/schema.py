@@ -63,7 +63,11 @@ def _section(cls: type, help: str) -> Any:
 class ModelConfig:
     """The network: a zoo name and its build options (``scnet.create_model``)."""
 
-    name: str = _key("scnet50", "model name, one of scnet.list_models() (SC models and their timm baselines)")
+    name: str = _key(
+        "scnet50",
+        "model name, one of scnet.list_models() (SC models and their timm baselines); with convert_sc, any timm "
+        "model that is not an SC model",
+    )
     num_classes: int = _key(1000, "classifier outputs; a pretrained file with another count loads all but the head")
     pretrained: str | None = _key(
         None,
@@ -74,21 +78,32 @@ class ModelConfig:
         0.0, "stochastic depth rate of the last block (linearly increasing over blocks); 0 = off"
     )
     zero_init_last: bool = _key(False, "zero-init each residual block's last BN gamma (off in the authors' recipe)")
+    convert_sc: bool = _key(
+        False,
+        "replace every eligible 3x3 convolution of the model (plain, groups 1, dilation 1, padding 1, even channel "
+        "counts) by a self-calibrated convolution (scnet.layers.convert_to_sc) with the SCConv options below, "
+        "BatchNorm inside when the network has BatchNorm; model.name may then be any timm model but an SC one",
+    )
     # SCConv's calibration, k3(x) * sigmoid(x + up(k2(pool_r(x)))): the ablation table's options. The defaults are
     # the release's; none of them changes the state_dict, so a checkpoint's config must say which ones it used.
-    pooling_r: int = _key(4, "SC models: SCConv's down-sampling factor r (the release: 4)")
-    pool_type: PoolType = _key("avg", "SC models: SCConv's down-sampling pool, avg or max (the release: avg)")
+    pooling_r: int = _key(4, "SC models and convert_sc: SCConv's down-sampling factor r (the release: 4)")
+    pool_type: PoolType = _key(
+        "avg", "SC models and convert_sc: SCConv's down-sampling pool, avg or max (the release: avg)"
+    )
     pool_ceil_mode: bool = _key(
         False,
-        "SC models: ceil instead of floor in SCConv's pool, so a map smaller than r keeps one (partial) window; "
-        "needed for r=8 at 224 px, where floor leaves nothing of the 7x7 last map (the release floors)",
+        "SC models and convert_sc: ceil instead of floor in SCConv's pool, so a map smaller than r keeps one "
+        "(partial) window; needed for r=8 at 224 px, where floor leaves nothing of the 7x7 last map (the release "
+        "floors)",
     )
     calib_identity: bool = _key(
-        True, "SC models: keep the identity term inside the sigmoid, sigmoid(x + up(...)) (the release: true)"
+        True,
+        "SC models and convert_sc: keep the identity term inside the sigmoid, sigmoid(x + up(...)) (the release: true)",
     )
     upsample: Upsample = _key(
         "nearest",
-        "SC models: up-sampling of the calibration context (the release's code: nearest; the paper: bilinear)",
+        "SC models and convert_sc: up-sampling of the calibration context (the release's code: nearest; the "
+        "paper: bilinear)",
     )
     channels_last: bool = _key(
         True, "NHWC memory format for model and inputs (faster convs on tensor-core GPUs; off on CPU)"

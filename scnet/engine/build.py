@@ -26,10 +26,11 @@ def model_options(model: ModelConfig | Mapping[str, Any], training: bool = True)
     ``model`` is a :class:`ModelConfig` or the ``model`` dict saved in a checkpoint's config (keys it lacks,
     as in older checkpoints, take the schema defaults). SC options are passed only where they differ from
     the release's, so a baseline with the defaults builds as timm builds it. ``training=False`` leaves out
-    the options that only matter for training from scratch (stochastic depth, zero-init).
+    the options that only matter for training from scratch (stochastic depth, zero-init). ``convert_sc=True``
+    is passed when set (it changes the architecture), and with it the SC options apply to any model.
 
     Raises:
-        ValueError: an SC option set away from its default on a model that is not an SC model.
+        ValueError: an SC option set away from its default on a model that is neither an SC model nor converted.
     """
     values = dataclasses.asdict(model) if isinstance(model, ModelConfig) else dict(model)
     defaults = dataclasses.asdict(ModelConfig())
@@ -38,9 +39,16 @@ def model_options(model: ModelConfig | Mapping[str, Any], training: bool = True)
     if training:
         options["drop_path_rate"] = values.get("drop_path_rate", defaults["drop_path_rate"])
         options["zero_init_last"] = values.get("zero_init_last", defaults["zero_init_last"])
+    # convert_sc changes the architecture: every consumer of a checkpoint needs it, not only the trainer.
+    convert_sc = values.get("convert_sc", defaults["convert_sc"])
+    if convert_sc:
+        options["convert_sc"] = True
     changed = {k: values[k] for k, default in SC_OPTIONS.items() if k in values and values[k] != default}
-    if changed and name not in SC_MODELS:
+    if changed and name not in SC_MODELS and not convert_sc:
         key, value = next(iter(changed.items()))
-        raise ValueError(f"model.{key}={value} is an SCConv option, and {name} is not an SC model")
+        raise ValueError(
+            f"model.{key}={value} is an SCConv option, and {name} is not an SC model "
+            "(model.convert_sc=true makes it one)"
+        )
     options.update(changed)
     return options

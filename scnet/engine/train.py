@@ -181,6 +181,9 @@ def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
     minimum = getattr(model, "min_input_size", 0)
     if cfg.data.image_size < minimum:
         raise RunError(f"data.image_size={cfg.data.image_size} is below {m.name}'s minimum of {minimum} px")
+    report = getattr(model, "sc_conversion", None)  # set by create_model for model.convert_sc=true
+    if report is not None and info.is_main:
+        print(f"model.convert_sc: {report.summary()}", file=sys.stderr)
     if m.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if m.channels_last else torch.contiguous_format

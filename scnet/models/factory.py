@@ -1,24 +1,91 @@
-"""``create_model`` and ``list_models``: one entry point for SC models and their timm baselines."""
+"""``create_model`` and ``list_models``: one entry point for SC models, their timm baselines, and any timm model
+with its 3x3 convolutions made self-calibrated (``convert_sc=True``)."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
+import torch
 from timm.models import FeatureListNet
 from torch import nn
 
 from . import zoo
-from .weights import load_weights
+from .weights import CheckpointError, check_compatible, load_weights, read_state_dict
+
+if TYPE_CHECKING:
+    from ..layers import ConversionReport
 
 BASELINE_MODELS: tuple[str, ...] = tuple(dict.fromkeys(zoo.BASELINES.values()))
+# SCConv's calibration options: SC models take them, and so does the conversion of any other model.
+SC_OPTION_KEYS: tuple[str, ...] = ("pooling_r", "pool_type", "pool_ceil_mode", "calib_identity", "upsample")
 
 
 def list_models(include_baselines: bool = True) -> list[str]:
     """Names ``create_model`` accepts: the SC family, then the timm baselines."""
     return list(zoo.SC_MODELS) + (list(BASELINE_MODELS) if include_baselines else [])
+
+
+def _check_name(name: str, convert_sc: bool) -> None:
+    """Raise ``ValueError`` for a name ``create_model`` does not build, with the closest names it does."""
+    known = list_models()
+    if name in known:
+        if convert_sc and name in zoo.SC_MODELS:
+            raise ValueError(f"convert_sc=True: {name} already has self-calibrated convolutions")
+        return
+    if convert_sc and timm.is_model(name):
+        return
+    if timm.is_model(name):
+        raise ValueError(
+            f"model {name!r} is a timm model outside the zoo (scnet.list_models()); "
+            "convert_sc=True builds any timm model"
+        )
+    # Typos: the closest zoo names, and with convert_sc the closest timm names too (the zoo's are among them).
+    candidates = list(dict.fromkeys(known + (timm.list_models() if convert_sc else [])))
+    close = difflib.get_close_matches(name, candidates, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(known)}"
+    raise ValueError(f"unknown model {name!r}{hint}")
+
+
+def _fits(model: nn.Module, path: str | os.PathLike) -> bool:
+    """Whether the weights at ``path`` fit ``model`` (its classifier aside: ``load_weights`` handles that)."""
+    head = getattr(model, "pretrained_cfg", {}).get("classifier")
+    try:
+        check_compatible(model, read_state_dict(path), str(path), ignore_prefix=f"{head}." if head else "")
+    except CheckpointError:
+        return False
+    return True
+
+
+def _convert(model: nn.Module, sc_options: dict[str, Any]) -> ConversionReport:
+    """``convert_to_sc`` with the model's own normalisation convention; returns its report."""
+    from ..layers import convert_to_sc, default_norm_layer  # imported here: scnet.layers imports this package
+
+    return convert_to_sc(model, norm_layer=default_norm_layer(model), **sc_options)
+
+
+@functools.lru_cache(maxsize=64)
+def _converted_min_input_size(name: str, options: tuple[tuple[str, Any], ...], sc_options: tuple) -> int | None:
+    """The smallest input of ``name`` built with ``options`` and converted: a shape-only twin on the meta device
+    (about a second of meta forwards, so cached)."""
+    from ..layers import smallest_input_size
+
+    with torch.device("meta"):
+        twin = timm.create_model(name, pretrained=False, **dict(options))
+        _convert(twin, dict(sc_options))
+    return smallest_input_size(twin)
+
+
+def _min_input_size(name: str, options: dict[str, Any], sc_options: dict[str, Any]) -> int | None:
+    key = (name, tuple(sorted(options.items())), tuple(sorted(sc_options.items())))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable option (a list): no cache
+        return _converted_min_input_size.__wrapped__(*key)
+    return _converted_min_input_size(*key)
 
 
 def create_model(
@@ -30,7 +97,7 @@ def create_model(
     """Build a zoo model, optionally loading weights from a local file.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models`; with ``convert_sc=True`` any timm model instead (not an SC one).
         num_classes: classifier outputs. If it differs from the checkpoint's, the classifier is
             left freshly initialised and everything else is loaded (fine-tuning).
         pretrained: path to weights: a published ``.pth`` file of the original release, a
@@ -48,22 +115,47 @@ def create_model(
             (``(r - 1) * output_stride + 1`` px, or 1 px in ceil mode); ``pretrained_cfg["min_input_size"]``
             stays the registered name's (97 px).
 
+            ``convert_sc=True`` builds ``name`` with timm, then replaces its eligible 3x3 convolutions by
+            :class:`scnet.layers.SelfCalibratedConv2d` (:func:`scnet.layers.convert_to_sc`) with the SCConv
+            options above, BatchNorm inside when the network has BatchNorm and none otherwise (VGG). The model
+            then carries the report as ``sc_conversion`` and its smallest input as ``min_input_size`` (found on
+            the meta device). A ``pretrained`` file is loaded before the conversion when it fits the plain
+            network (the new layers start fresh), after it when it fits the converted one (a checkpoint of a
+            converted run).
+
     Raises:
-        ValueError: unknown ``name`` (with the closest names suggested), or an invalid SCConv option
-            (e.g. ``pool_type="min"``, ``upsample="bicubic"``, ``pooling_r=0``).
+        ValueError: unknown ``name`` (with the closest names suggested), a timm name outside the zoo without
+            ``convert_sc``, ``convert_sc`` on an SC model, an SCConv option on a model that is neither an SC
+            model nor converted, or an invalid SCConv option (e.g. ``pool_type="min"``, ``upsample="bicubic"``,
+            ``pooling_r=0``).
         CheckpointError: unreadable ``pretrained`` file, or one of another architecture.
     """
-    known = list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(known)}"
-        raise ValueError(f"unknown model {name!r}{hint}")
+    convert_sc = overrides.pop("convert_sc", False)
+    if not isinstance(convert_sc, bool):
+        raise ValueError(f"convert_sc must be True or False, got {convert_sc!r}")
+    _check_name(name, convert_sc)
+    if isinstance(pretrained, bool):
+        raise ValueError("pretrained= takes the path of a local weights file; nothing is downloaded")
+    sc_options: dict[str, Any] = {}
+    if name not in zoo.SC_MODELS:
+        sc_options = {k: overrides.pop(k) for k in SC_OPTION_KEYS if k in overrides}
+        if sc_options and not convert_sc:
+            key = next(iter(sc_options))
+            raise ValueError(f"{key} is an SCConv option, and {name} is not an SC model (convert_sc=True makes it one)")
     features_only = overrides.pop("features_only", False)
     out_indices = overrides.pop("out_indices", (0, 1, 2, 3, 4))
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
+    if convert_sc:
+        loaded = pretrained is not None and _fits(model, pretrained)
+        if loaded:
+            load_weights(model, pretrained)
+        model.sc_conversion = _convert(model, sc_options)
+        minimum = _min_input_size(name, {"num_classes": num_classes, **overrides}, sc_options)
+        if minimum is not None:
+            model.min_input_size = minimum
+        if loaded:
+            pretrained = None
     if pretrained is not None:
-        if isinstance(pretrained, bool):
-            raise ValueError("pretrained= takes the path of a local weights file; nothing is downloaded")
         load_weights(model, pretrained)
     if features_only:
         # Load first, then wrap, so classification checkpoints serve as backbone weights.
