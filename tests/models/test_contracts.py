@@ -1,9 +1,10 @@
-"""The model contracts of the timm/torchvision ecosystem, for every SC name, in train and eval mode.
+"""The model contracts of the timm/torchvision ecosystem, for every SC family, in train and eval mode.
 
 TorchScript, FX tracing (torch.fx, torchvision's feature extraction, timm's FeatureGraphNet),
 ``forward_intermediates`` / ``prune_intermediate_layers`` as on timm's ResNet, ``min_input_size``,
 ``torch.compile(fullgraph=True)`` and ``torch.export``. Inputs sit just above the minimum size
 (97 px) so the suite stays fast; weights and BN statistics are random, so a mis-wired path shows.
+The 101-layer models run them through their 50-layer twins, whose code they are (checked here).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def _param(name: str):
-    return pytest.param(name, marks=pytest.mark.slow) if is_deep(name) else name
-
-
-PARAMS = [_param(n) for n in NAMES]
+# The 101-layer models repeat their 50-layer twin's blocks (checked by test_deep_models_repeat_their_twins_code):
+# scripting, tracing, dynamo, export and the feature APIs follow the classes' code, not the depth, so the
+# checks (7 minutes of CI for the four deep names) run on the twins only.
+TWINS = [n for n in NAMES if not is_deep(n)]
 
 
 def _model(name: str, mode: str = "eval", **kwargs) -> torch.nn.Module:
@@ -75,11 +75,38 @@ def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
 
 
+def _twin(name: str) -> str:
+    return name.replace("101", "50")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if is_deep(n)])
+def test_deep_models_repeat_their_twins_code(name):
+    """What the twin-only checks rest on: a 101-layer model is its 50-layer twin's class, built from the
+    same module classes with the same per-block switches, only more blocks in its third stage."""
+    with torch.device("meta"):
+        deep, twin = scnet.create_model(name), scnet.create_model(_twin(name))
+    assert type(deep) is type(twin)
+
+    def switches(model: torch.nn.Module) -> set[tuple]:
+        # A module's class and the settings that choose its code path (stride, groups, avd, pooling); not widths.
+        out = set()
+        for m in model.modules():
+            items = vars(m).items()
+            flags = {k: v for k, v in items if isinstance(v, bool | str | tuple) and not k.startswith("_")}
+            flags |= {k: v for k, v in items if k in ("groups", "pooling_r", "stride", "dilation")}
+            out.add((type(m).__qualname__, tuple(sorted(flags.items()))))
+        return out
+
+    assert switches(deep) == switches(twin)
+    assert [len(deep.get_submodule(f"layer{i}")) for i in range(1, 5)] == [3, 4, 23, 3]
+    assert [len(twin.get_submodule(f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
 # ----------------------------------------------------------------------------------------------- TorchScript
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_torchscript_gives_the_eager_outputs(name, mode):
     eager = _model(name, mode)
     scripted = torch.jit.script(copy.deepcopy(eager))
@@ -110,7 +137,7 @@ def test_torchscript_runs_the_fused_reductions():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_fx_trace_forward_backward_and_script(name, mode):
     # float64: the traced graph runs the reductions layer by layer, eager code fused; gradients of random
     # weights are large, and float32 rounding would hide a real difference or invent one.
@@ -131,7 +158,7 @@ def test_fx_trace_forward_backward_and_script(name, mode):
         traced(_input(96).double())
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_torchvision_feature_extractor(name):
     model = _model(name, "train")
     extractor = create_feature_extractor(model, return_nodes={n: n for n in FEATURE_NODES})
@@ -151,7 +178,7 @@ def test_torchvision_feature_extractor(name):
     assert all(p.grad is not None for p in extractor.parameters())
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_feature_info_is_the_same_for_every_feature_class(name):
     """timm's five wrappers, and scnet.create_model(features_only=True), report one feature_info and one output."""
     x = _input()
@@ -196,7 +223,7 @@ def test_feature_classes_compute_the_same_maps(tmp_path):
 # ----------------------------------------------------------------------------------------------- input size
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_min_input_size_is_declared_and_true(name):
     model = _model(name)
     declared = model.pretrained_cfg["min_input_size"]
@@ -240,7 +267,7 @@ def _channels(out) -> list[int]:
     return [t.shape[1] for t in maps]
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_forward_intermediates_like_timm_resnet(name):
     """Same outputs (count, order, shapes) as the timm baseline for the same call; values from our own forward."""
     model = _model(name)
@@ -266,7 +293,7 @@ def test_forward_intermediates_like_timm_resnet(name):
 
 
 @pytest.mark.parametrize("indices", [1, [1, 2], [0], (0, 4), 4])
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_prune_intermediate_layers_like_timm_resnet(name, indices):
     model = _model(name)
     baseline = timm.create_model(EXPECTED_BASELINES[name], num_classes=NUM_CLASSES).eval()
@@ -291,7 +318,7 @@ def test_prune_intermediate_layers_like_timm_resnet(name, indices):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TWINS)
 def test_compile_fullgraph(name, mode):
     """No graph break (fullgraph=True raises on one). Train: forward and backward through AOTAutograd
     (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen)."""
@@ -332,7 +359,7 @@ def test_compile_inductor_block_train_step():
         _close(_bn_buffers(compiled_copy)[key].float(), value.float(), msg=key)
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", TWINS)
 def test_torch_export_equals_eager(name):
     model = _model(name)
     x = _input()
