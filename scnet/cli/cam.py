@@ -17,7 +17,8 @@ from pathlib import Path
 
 from scnet.data.decode import load_rgb
 from scnet.engine.cam import grad_cam
-from scnet.engine.inference import load_checkpoint
+from scnet.engine.inference import LoadedCheckpoint, load_checkpoint
+from scnet.engine.predict import class_names
 from scnet.viz import CamPanel, MissingMatplotlib, require_matplotlib, save_cam_figure
 
 PROG = "scnet-cam"
@@ -70,8 +71,12 @@ def _models(checkpoints: list[str], models: list[str] | None) -> list[str | None
     return [None if m == AUTO else m for m in models]
 
 
-def _class_label(classes: list[str] | None, index: int) -> str:
-    return f"{index}: {classes[index]}" if classes is not None else f"class {index}"
+def _class_label(loaded: LoadedCheckpoint, index: int) -> str:
+    """As scnet-predict names it: the checkpoint's classes, ImageNet's for a 1000-class file (its first
+    synonym, to fit a title), else the index."""
+    names, _ = class_names(loaded)
+    name = names[index].split(",")[0]
+    return f"class {index}" if name == str(index) else f"{index}: {name}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as e:  # CheckpointError, unknown layer, class out of range
             return _fail(e)
         index, prob = int(result.classes[0]), float(result.probs[0])
-        label = _class_label(loaded.classes, index)
+        label = _class_label(loaded, index)
         print(f"{loaded.name} ({loaded.path.name}): {result.layer}, {label}, p={prob:.3f}")
         title = f"{loaded.name} ({loaded.path.name})\n{label} ({prob:.1%})"
         panels.append(CamPanel(image=crop.cpu(), cam=result.maps[0].cpu(), title=title))

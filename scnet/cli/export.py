@@ -24,6 +24,7 @@ from scnet.engine.export import (
     ExportCheckError,
     MissingExportDependency,
     export,
+    mismatch_hint,
     require_format,
 )
 from scnet.engine.inference import load_checkpoint
@@ -102,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not result.passed:
         return _fail(
             f"{result.path} differs from eager PyTorch by {result.max_abs_diff:.3g}, "
-            f"above the tolerance {result.tolerance:.3g} (--atol/--rtol); the file is kept",
+            f"above the tolerance {result.tolerance:.3g} (--atol/--rtol); "
+            f"{mismatch_hint(loaded, result.image_size, result.max_abs_diff, result.max_abs_eager)}; the file is kept",
             status=1,
         )
     return 0

@@ -20,8 +20,10 @@ that add in another order differ by about 1e-7 of the activations' size, whateve
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -366,6 +368,36 @@ def check(
     if diff != diff:  # NaN: never within a tolerance
         diff = float("inf")
     return diff, float(want.abs().max()), runtime, time.perf_counter() - start
+
+
+def float32_rounding(loaded: LoadedCheckpoint, image_size: int, seed: int = 0) -> float:
+    """``max |eager float32 - eager float64|`` on the check's batch: how far the weights let rounding grow.
+
+    Trained weights keep it near 1e-6 of the outputs; random or untrained ones can amplify it a thousandfold,
+    and then any other runtime's kernels (or PyTorch's own, oneDNN on or off) differ by as much.
+    """
+    x = _random_batch(CHECK_BATCH, image_size, seed).to(loaded.device)
+    reference = copy.deepcopy(loaded.model).double()
+    with torch.no_grad():
+        return float((loaded.model(x).double() - reference(x.double())).abs().max())
+
+
+def mismatch_hint(loaded: LoadedCheckpoint, image_size: int, diff: float, scale: float, seed: int = 0) -> str:
+    """Half a sentence for a failed check: is the difference the export's, or the weights' rounding?"""
+    own = float32_rounding(loaded, image_size, seed)
+    if own * 10 < diff:
+        return f"eager PyTorch's own float32 rounding is {own:.3g} (against float64), so the difference is the export's"
+    return (
+        f"eager PyTorch's own float32 result is {own:.3g} away from float64 on this batch: these weights amplify "
+        f"rounding (untrained or random weights do), so a runtime's other kernels differ as much; "
+        f"--rtol {_round_up(diff / max(scale, 1e-30)):.2g} would accept it"
+    )
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to two significant digits (a suggested tolerance must accept what it was made from)."""
+    unit = 10.0 ** (math.floor(math.log10(x)) - 1) if x > 0 else 1.0
+    return math.ceil(x / unit) * unit
 
 
 def export(

@@ -11,6 +11,7 @@ later tools go through here, so that one checkpoint is one model everywhere.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -82,17 +83,47 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
 
 
+def _is_safetensors(path: Path) -> bool:
+    """By content, not by name: an 8-byte little-endian header length, then the JSON header's ``{``."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> dict:
+    """A bare state_dict; with ``scnet-export``'s metadata (architecture, options, classes, transform) it
+    reads as a training checkpoint, so the exported file rebuilds the function it was exported from."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    weights = load_file(str(path))
+    if "architecture" not in meta:
+        return weights
+    try:
+        model = {"name": meta["architecture"], **json.loads(meta.get("model_args", "{}"))}
+        if "num_classes" in meta:
+            model["num_classes"] = int(meta["num_classes"])
+        data = {"image_size": int(meta["image_size"])} if "image_size" in meta else {}
+        if "crop_pct" in meta:
+            data["crop_pct"] = float(meta["crop_pct"])
+        if "interpolation" in meta:
+            data["interpolation"] = meta["interpolation"]
+        classes = json.loads(meta["classes"]) if "classes" in meta else None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable scnet metadata ({e})") from e
+    return {"model": weights, "config": {"model": model, "data": data}, "classes": classes}
+
+
 def _read_file(path: Path) -> dict:
     """The dict stored at ``path``: a training checkpoint or a bare state_dict."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path))
-        else:
-            obj = _torch_load(path)
+        obj: object = _read_safetensors(path) if _is_safetensors(path) else _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e

@@ -192,6 +192,17 @@ def test_cli_class_and_layer(files, tmp_path, capsys):
     assert _panels(out_png) == 2
 
 
+def test_cli_names_imagenet_classes_of_a_release_file(files, tmp_path, capsys):
+    """A bare 1000-class file (a release's layout) is labelled with ImageNet's names, as scnet-predict does."""
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet50-imagenet.pth"
+    torch.save(timm.create_model("resnet50").state_dict(), weights)
+    args = ("--checkpoint", weights, "--model", "resnet50", "--image", files["image"], "--out", tmp_path / "c.png")
+    code, out, err = _run(capsys, *args, "--class", 1)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("resnet50 (resnet50-imagenet.pth): layer4, 1: goldfish, p=")
+
+
 def _one_line_error(err: str, *needles: str) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scnet-cam: error: "), err

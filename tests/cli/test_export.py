@@ -16,7 +16,7 @@ from timm.data import resolve_data_config
 
 import scnet
 from scnet.cli.export import main
-from scnet.engine.export import ExportCheckError, check
+from scnet.engine.export import ExportCheckError, check, float32_rounding, mismatch_hint
 from scnet.engine.inference import load_checkpoint
 
 from ..utils import REPO_ROOT, randomize_
@@ -106,6 +106,15 @@ def test_safetensors(files, reference, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), want)
 
+    # Our own readers (scnet-eval, -predict, -cam, -export) rebuild it from the metadata too, whatever the
+    # file's name: the options, the classes and the evaluation transform come back.
+    renamed = out_file.rename(tmp_path / "scnet50-exported.bin")
+    loaded = load_checkpoint(renamed)
+    assert (loaded.name, loaded.options, loaded.classes) == ("scnet50", OPTIONS, CLASSES)
+    assert (loaded.image_size, loaded.crop_pct, loaded.interpolation) == (SIZE, 1.0, "bilinear")
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), want)
+
 
 def test_timm_local_dir_keeps_the_options(files, reference, tmp_path, capsys):
     folder = tmp_path / "scnet50-timm"
@@ -180,6 +189,13 @@ def test_onnx(files, reference, tmp_path, capsys):
     loaded = load_checkpoint(files["training"])
     diff, scale, runtime, _ = check(loaded, "onnx", out_file, SIZE, atol=0.0, rtol=0.0)
     assert 0 < diff <= 1e-3 * scale and runtime.startswith("onnxruntime")
+    # A failed check says whether the weights or the export made the difference: these random weights make
+    # eager float32 itself stray from float64 by about as much as onnxruntime does.
+    own = float32_rounding(loaded, SIZE)
+    assert diff / 100 < own < diff * 100
+    hint = mismatch_hint(loaded, SIZE, diff, scale)
+    assert "amplify rounding" in hint and f"{own:.3g}" in hint
+    assert "the difference is the export's" in mismatch_hint(loaded, SIZE, 1000 * own, scale)
 
 
 # ----------------------------------------------------------------------------------------------- failures
