@@ -7,7 +7,8 @@ Four formats, each with a writer and a reader that knows nothing but the file:
   reference evaluator (slower, pure numpy).
 - ``torchscript``: ``torch.jit.script`` (the SC models and the timm baselines script), ``torch.jit.save``.
 - ``safetensors``: the state_dict; the architecture, class count, SCConv options and class names go in
-  the file's metadata, since the options change the function without changing the tensors.
+  the file's metadata, since the options change the function without changing the tensors; read back
+  by :func:`load_checkpoint`, as scnet-eval, -predict and -cam read it.
 - ``timm``: a folder with ``config.json`` and ``model.safetensors`` that
   ``timm.create_model("local-dir:PATH", pretrained=True)`` builds after ``import scnet``; the SCConv
   options travel as ``model_args``, which timm passes to the model's builder.
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .inference import LoadedCheckpoint
+from .inference import LoadedCheckpoint, load_checkpoint
 
 FORMATS = ("onnx", "torchscript", "safetensors", "timm")
 # (atol, rtol) per format. safetensors and timm rebuild the same eager model: they match to the bit.
@@ -267,19 +268,9 @@ def load_torchscript(path: Path) -> tuple[Runner, str]:
 
 
 def load_safetensors(path: Path) -> tuple[Runner, str]:
-    """The model the file's metadata names, built with its options, its tensors loaded strictly."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from ..models import create_model
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "architecture" not in meta:
-        raise ValueError(f"{path}: no 'architecture' in its metadata (not written by scnet-export)")
-    model = create_model(meta["architecture"], num_classes=int(meta["num_classes"]), **json.loads(meta["model_args"]))
-    model.load_state_dict(load_file(str(path)))
-    return model.eval(), f"scnet.create_model + safetensors (metadata: {meta['architecture']})"
+    """The model the file's metadata names, as every consumer builds it (:func:`load_checkpoint`)."""
+    loaded = load_checkpoint(path)  # a file without scnet metadata: a ValueError asking for the architecture
+    return loaded.model, f"scnet load_checkpoint (metadata: {loaded.name})"
 
 
 def load_timm(path: Path) -> tuple[Runner, str]:
