@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import BadImageError, load_rgb
+from .transforms import apply_seeded
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif")
 # How many other samples to try before a run of bad files is an error rather than bad luck.
@@ -158,7 +159,8 @@ class ImageFolderDataset(Dataset):
     """Decoded, transformed samples from a list of ``(path, label)``.
 
     Indices may be plain ints or ``(index, epoch)`` pairs (from :class:`scnet.data.loader.EpochSampler`);
-    with a pair, the global RNGs are seeded from ``(seed, epoch, index)`` before the transform.
+    with a pair, the transform draws from the CPU generator seeded by ``(seed, epoch, index)``
+    (:func:`~scnet.data.transforms.apply_seeded`).
 
     Items are ``(image, label, names)``. What a bad file does depends on ``bad_images``:
 
@@ -204,11 +206,11 @@ class ImageFolderDataset(Dataset):
         else:
             raise BadImageError(replaced[0], f"it and the next {MAX_REPLACEMENTS} samples are all unreadable")
         if self.transform is not None:
-            if isinstance(key, tuple):
-                # CPU generator only: torch.manual_seed would also (lazily) seed CUDA, 10x the cost.
-                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             try:
-                image = self.transform(image)
+                if isinstance(key, tuple):
+                    image = apply_seeded(self.transform, image, sample_seed(self.seed, epoch, index))
+                else:
+                    image = self.transform(image)
             except Exception as e:  # a worker must never die with an anonymous traceback
                 raise RuntimeError(f"{path}: transform failed ({type(e).__name__}: {e})") from e
         return image, label, tuple(replaced)

@@ -199,6 +199,14 @@ def collate(items: Sequence[tuple[torch.Tensor | None, int, tuple[str, ...]]]) -
     return Batch(images, labels, replaced, skipped)
 
 
+def private_generator(seed: int = 0) -> torch.Generator:
+    """A DataLoader's own generator. Each ``iter(loader)`` draws its workers' base seed from the loader's
+    generator, by default the process's global one, which also serves the trainer's drop-path and random
+    erasing and is restored from a checkpoint: an iterator made on resume would shift those draws. The
+    workers' seeds do not decide augmentations (each sample is seeded, see ``sample_seed``)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -217,6 +225,7 @@ def build_loader(
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     worker_args = dict(persistent_workers=persistent, prefetch_factor=prefetch_factor) if workers > 0 else {}
+    worker_args["generator"] = private_generator(seed)
     if isinstance(dataset, torch.utils.data.IterableDataset):
         return DataLoader(
             dataset,

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from .decode import BadImageError, decode_rgb
 from .folders import BadImages, check_bad_images, class_folder_names, read_class_list, scan_image_folder
+from .transforms import apply_seeded
 
 FORMAT_VERSION = 1
 INDEX = "index.json"
@@ -536,10 +537,7 @@ class ShardDataset(IterableDataset):
         try:
             image = decode_rgb(data, name)
             if self.transform is not None:
-                if seed is not None:
-                    # CPU generator only: torch.manual_seed would also (lazily) seed CUDA, 10x the cost.
-                    torch.default_generator.manual_seed(seed)
-                image = self.transform(image)
+                image = self.transform(image) if seed is None else apply_seeded(self.transform, image, seed)
         except BadImageError:
             if self.bad_images == "raise":
                 raise

@@ -8,8 +8,10 @@ batches on the device (``scnet.data.device``), where they are cheap and the host
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from torch.utils.data import get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
 INTERPOLATIONS = {
@@ -55,6 +57,27 @@ def train_transform(
     if color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     return v2.Compose(steps)
+
+
+def apply_seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
+    """``transform(image)`` with the CPU random generator seeded by ``seed`` (torchvision's v2 transforms draw
+    from it), so a sample's augmentation depends on its seed alone.
+
+    In a loader worker nothing else draws from that generator, so it is simply reseeded. In the main process
+    (``data.workers=0``) the trainer's own draws (drop-path, random erasing) come from it too: its state is
+    put back afterwards, so those draws do not depend on the number of workers, nor on which samples were
+    read since the last checkpoint.
+    """
+    # CPU generator only: torch.manual_seed would also (lazily) seed CUDA, 10x the cost.
+    if get_worker_info() is not None:
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
+    state = torch.default_generator.get_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
+    finally:
+        torch.default_generator.set_state(state)
 
 
 def eval_transform(image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear") -> v2.Compose:

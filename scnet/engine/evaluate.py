@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm import tqdm
 
 from ..data.device import DevicePreprocess
-from ..data.loader import Batch, EpochSampler, build_loader, collate, dist_info
+from ..data.loader import Batch, EpochSampler, build_loader, collate, dist_info, private_generator
 from ..data.shards import ShardDataset
 from . import faults
 
@@ -78,6 +78,7 @@ def build_eval_loader(dataset: Dataset, batch_size: int, workers: int, pin_memor
         collate_fn=collate_indexed,
         pin_memory=pin_memory,
         drop_last=False,
+        generator=private_generator(),
         **(dict(prefetch_factor=4) if workers > 0 else {}),
     )
 

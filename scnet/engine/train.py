@@ -7,7 +7,6 @@ checkpoint. Distributed setup comes from torchrun's environment (``scnet.engine.
 from __future__ import annotations
 
 import json
-import random
 import signal
 import sys
 import time
@@ -38,6 +37,7 @@ from . import faults
 from .build import model_options
 from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
+from .seeding import KernelAlerts, seed_process, use_deterministic_kernels
 
 
 class RunError(ValueError):
@@ -270,11 +270,9 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
     _check_output_dir(out, resume_path is not None)
 
     # Seeding and determinism first, so every random choice below is reproducible.
-    torch.manual_seed(cfg.train.seed + info.rank)
-    random.seed(cfg.train.seed + info.rank)
+    seed_process(cfg.train.seed, info.rank)
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+        use_deterministic_kernels(info.device)
     elif info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -426,6 +424,10 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
             raise ckpt.CheckpointWriteError(f"{shared[0]}; {kept} (untouched; no partial file left)")
 
     preempt = Preempted()
+    # train.deterministic: ops without a deterministic kernel (none on CPU) are named once, after the first step.
+    alerts = KernelAlerts(quiet=not info.is_main)
+    if cfg.train.deterministic:
+        alerts.__enter__()
     metrics: dict[str, Any] = {}
     nonfinite_total = 0  # skipped steps of this process's run (not restored on resume: a fresh allowance)
     bar = None
@@ -525,6 +527,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
                 scaler.step(optimizer)
                 scaler.update()
+                alerts.flush()
                 optimizer.zero_grad(set_to_none=True)
                 global_step += 1
                 step += 1
@@ -621,5 +624,7 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         if bar is not None:
             bar.close()  # an error's one line then starts on a line of its own, not after the progress bar
         preempt.restore()
+        if cfg.train.deterministic:
+            alerts.__exit__(None, None, None)
         if writer is not None:
             writer.close()

@@ -18,7 +18,18 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 ENV = {k: v for k, v in os.environ.items() if k != "SCNET_FAULT"} | {"OMP_NUM_THREADS": "1"}
 KILLED = -signal.SIGKILL
 # The metrics that must come out the same after any number of kills (timings differ by nature).
-STABLE_METRICS = ("epoch", "train_loss", "lr", "top1", "top5", "val_images", "replaced", "nonfinite_steps")
+STABLE_METRICS = (
+    "epoch",
+    "train_loss",
+    "lr",
+    "top1",
+    "top5",
+    "ema_top1",
+    "ema_top5",
+    "val_images",
+    "replaced",
+    "nonfinite_steps",
+)
 
 
 def overrides(data: Path, out: Path, epochs: int = 2, workers: int = 2) -> list[str]:
@@ -70,10 +81,10 @@ def run(
     )
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint (a run folder: its last.pth)."""
+def weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (a run folder: its last.pth); ``key="model_ema"``: its EMA weights."""
     path = path / "last.pth" if path.is_dir() else path
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)[key]
 
 
 def assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
