@@ -83,7 +83,11 @@ def apply_seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch
 def eval_transform(image_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bilinear") -> v2.Compose:
     """Resize the short side to ``image_size / crop_pct`` (256 for 224), then centre-crop ``image_size``."""
     resize = int(math.floor(image_size / crop_pct))
-    return v2.Compose([v2.Resize(resize, interpolation=_interpolation(interpolation)), v2.CenterCrop(image_size)])
+    mode = _interpolation(interpolation)
+    # On tensors NEAREST reads source pixel floor(i * scale), half a pixel off PIL's (and so off what the
+    # published numbers were evaluated with); NEAREST_EXACT is PIL's floor((i + 0.5) * scale).
+    mode = InterpolationMode.NEAREST_EXACT if mode == InterpolationMode.NEAREST else mode
+    return v2.Compose([v2.Resize(resize, interpolation=mode), v2.CenterCrop(image_size)])
 
 
 # ImageNet's RGB covariance, eigen-decomposed (fb.resnet.torch / AlexNet's "PCA lighting"), for pixels in [0, 1].

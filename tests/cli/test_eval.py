@@ -29,6 +29,7 @@ from ..engine import (
     with_head,
     write_real_json,
 )
+from . import reference_preprocessing as ref
 
 CONFIG = {
     "model": {"name": "scnet50", "num_classes": 3},
@@ -318,3 +319,74 @@ def test_data_demo_names_the_built_in_set(files, tmp_path, monkeypatch, capsys):
     by_name, by_path = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("demo", "path"))
     assert by_name["data"] == by_path["data"] == "data/demo"
     assert (by_name["images"], by_name["top1"]) == (by_path["images"], by_path["top1"]) == (3, pytest.approx(100 / 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Against an independent answer: torchvision's PIL pipeline on a probe checkpoint (reference_preprocessing)
+
+PROBE = (112, 0.85, "bicubic")  # the probe's recorded settings: none of them is the model's default
+PROBE_CONFIG = {
+    "model": {"name": "scnet50", "num_classes": ref.NUM_CLASSES},
+    "data": dict(zip(("image_size", "crop_pct", "interpolation"), PROBE, strict=True)),
+}
+
+
+@pytest.fixture(scope="module")
+def probe_split(module_tmp):
+    """A probe checkpoint whose model_ema has another head, and a val split of 5 scenes and 5 block pictures
+    labelled from the reference at the checkpoint's settings: each scene with its top-1 class, each block
+    picture with its 5th, so that top-1 and top-5 both move when a flag moves the answers."""
+    tmp = module_tmp / "probe"
+    (tmp / "pictures").mkdir(parents=True)
+    weights = ref.probe_state_dict(head_seed=0)
+    ema = {**weights, **ref.probe_head(seed=1)}  # shares every other tensor: torch.save writes each storage once
+    checkpoint = tmp / "probe.pth"
+    torch.save({"model": weights, "model_ema": ema, "config": PROBE_CONFIG, "classes": ref.CLASSES}, checkpoint)
+    pictures = []
+    for i in range(5):
+        for name, image in (
+            (f"scene{i}", ref.scene_image(150 + 11 * i, 120 + 7 * i, seed=i)),
+            (f"blocks{i}", ref.block_image(14 + i, 12 + i, seed=5 + i)),
+        ):
+            image.save(tmp / "pictures" / f"{name}.png")  # PNG: PIL and libpng decode the same pixels
+            pictures.append(tmp / "pictures" / f"{name}.png")
+    expected = ref.expected_log_probs(pictures, weights, *PROBE)
+    samples = []
+    for picture in pictures:
+        label = ref.top_indices(expected[str(picture)], 5)[0 if picture.stem.startswith("scene") else 4]
+        folder = tmp / "data" / "val" / ref.CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        samples.append((picture.rename(folder / picture.name), label))
+    return {"checkpoint": checkpoint, "model": weights, "model_ema": ema, "data": tmp / "data", "samples": samples}
+
+
+def _expected_accuracy(samples: list, weights: dict, settings: tuple) -> tuple[float, float]:
+    """Top-1 and top-5 (percent) of the reference's answers for the labelled pictures."""
+    log_probs = ref.expected_log_probs([path for path, _ in samples], weights, *settings)
+    hits = [ref.hits(log_probs[str(path)], label) for path, label in samples]
+    return 100.0 * sum(h1 for h1, _ in hits) / len(hits), 100.0 * sum(h5 for _, h5 in hits) / len(hits)
+
+
+# flags -> (the settings the reference uses, EMA weights)
+PROBE_CASES = {
+    "the checkpoint's settings": ([], PROBE, False),
+    "--crop-pct 0.5": (["--crop-pct", "0.5"], (112, 0.5, "bicubic"), False),
+    "--image-size 128": (["--image-size", "128"], (128, 0.85, "bicubic"), False),
+    "--interpolation bilinear": (["--interpolation", "bilinear"], (112, 0.85, "bilinear"), False),
+    "--ema": (["--ema"], PROBE, True),
+}
+
+
+@pytest.mark.parametrize("case", list(PROBE_CASES))
+def test_probe_accuracy_is_the_pil_pipelines(case, probe_split, tmp_path, capsys):
+    """scnet-eval's top-1 and top-5 are those of torchvision's PIL pipeline at the settings its flags (else the
+    checkpoint's config) name, with the weights --ema names; and each flag changes them."""
+    flags, settings, ema = PROBE_CASES[case]
+    result = _result(capsys, tmp_path, probe_split["checkpoint"], probe_split["data"], *flags)
+    samples = probe_split["samples"]
+    top1, top5 = _expected_accuracy(samples, probe_split["model_ema" if ema else "model"], settings)
+    assert result["images"] == len(samples)
+    assert (result["top1"], result["top5"]) == (pytest.approx(top1), pytest.approx(top5))
+    assert (result["image_size"], result["crop_pct"], result["interpolation"], result["ema"]) == (*settings, ema)
+    if flags:  # the same run without the flag counts other hits
+        assert (top1, top5) != _expected_accuracy(samples, probe_split["model"], PROBE), case

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo
 
+import scnet
 from scnet.cli.predict import main
 
 from ..data.images import encode, random_image
 from ..engine import crafted_state_dict, random_model
+from . import reference_preprocessing as ref
 
 CLASSES = ["cat", "dog", "fox"]
 FAVOURED = 1  # the crafted training checkpoint predicts "dog" for every image
@@ -226,3 +228,97 @@ def test_missing_path_as_a_process_has_no_traceback(files, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"scnet-predict: error: {missing}: no such file or folder\n"
     assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Against an independent answer: torchvision's PIL pipeline on a probe checkpoint (reference_preprocessing)
+
+PROBE = (112, 0.85, "bicubic")  # the probe's recorded settings: none of them is the model's default
+PROBE_CONFIG = {
+    "model": {"name": "scnet50", "num_classes": ref.NUM_CLASSES},
+    "data": dict(zip(("image_size", "crop_pct", "interpolation"), PROBE, strict=True)),
+}
+
+
+@pytest.fixture(scope="module")
+def probe(module_tmp: Path) -> dict:
+    """A probe checkpoint whose model_ema has another head, and pictures: two scenes (one shrunk, one
+    enlarged at the probe's settings) and two block pictures whose sides divide 112 (enlarged 8x at crop 1.0)."""
+    tmp = module_tmp / "probe"
+    weights = ref.probe_state_dict(head_seed=0)
+    ema = {**weights, **ref.probe_head(seed=1)}  # shares every other tensor: torch.save writes each storage once
+    tmp.mkdir()
+    checkpoint = tmp / "probe.pth"
+    torch.save({"model": weights, "model_ema": ema, "config": PROBE_CONFIG, "classes": ref.CLASSES}, checkpoint)
+    pictures = tmp / "pictures"
+    pictures.mkdir()
+    images = {
+        "blocks": ref.block_image(16, 14, seed=2),
+        "blocks_tall": ref.block_image(14, 16, seed=3),
+        "portrait": ref.scene_image(110, 150, seed=1),
+        "scene": ref.scene_image(200, 160, seed=0),
+    }
+    for name, image in images.items():
+        image.save(pictures / f"{name}.png")  # PNG: PIL and libpng decode the same pixels
+    return {"checkpoint": checkpoint, "model": weights, "model_ema": ema, "pictures": pictures}
+
+
+def _probe_answers(capsys, tmp_path: Path, checkpoint: Path, images: list[Path], *flags) -> tuple[dict, dict]:
+    """scnet-predict's JSON for ``images``, and its answers: image -> top (index, prob) pairs."""
+    out_json = tmp_path / "probe.json"
+    code, _, err = _run(capsys, "--checkpoint", checkpoint, *images, *flags, "--json", out_json)
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    return result, {p["image"]: [(t["index"], t["prob"]) for t in p["top"]] for p in result["predictions"]}
+
+
+def test_probe_checkpoint_computes_its_formula(probe):
+    """The expected answers come from the probe's formula: the checkpoint's scnet50 must compute exactly that."""
+    model = scnet.create_model("scnet50", num_classes=ref.NUM_CLASSES)
+    model.load_state_dict(probe["model"])
+    noise = torch.randn(3, 112, 112, generator=torch.Generator().manual_seed(0))
+    crops = torch.stack([ref.reference_input(probe["pictures"] / "scene.png", *PROBE), noise])
+    with torch.no_grad():
+        logits = model.eval()(crops).double()
+    assert torch.allclose(logits, ref.probe_logits(crops, probe["model"]), atol=1e-4)
+    assert logits.std(dim=1).min() > 0.5  # classes apart, not a constant answer
+
+
+# flags -> (the settings the reference uses, EMA weights, the pictures, the settings without the flag in question)
+PROBE_CASES = {
+    "the checkpoint's settings": ([], PROBE, False, "all", None),
+    "--crop-pct 0.5": (["--crop-pct", "0.5"], (112, 0.5, "bicubic"), False, "all", PROBE),
+    "--image-size 128": (["--image-size", "128"], (128, 0.85, "bicubic"), False, "all", PROBE),
+    "--interpolation bilinear": (["--interpolation", "bilinear"], (112, 0.85, "bilinear"), False, "all", PROBE),
+    # A whole enlargement (14 px -> 112): nearest picks the same pixels whichever pixel-centre convention.
+    "--interpolation nearest": (
+        ["--interpolation", "nearest", "--crop-pct", "1.0"],
+        (112, 1.0, "nearest"),
+        False,
+        "blocks",
+        (112, 1.0, "bicubic"),
+    ),
+    "--ema": (["--ema"], PROBE, True, "all", PROBE),
+}
+
+
+@pytest.mark.parametrize("case", list(PROBE_CASES))
+def test_probe_answers_are_the_pil_pipelines(case, probe, tmp_path, capsys):
+    """scnet-predict's top-5 and probabilities are those of torchvision's PIL pipeline at the settings its flags
+    (else the checkpoint's config) name, with the weights --ema names; and each flag changes the answer."""
+    flags, settings, ema, which, without = PROBE_CASES[case]
+    images = sorted(probe["pictures"].glob("*.png" if which == "all" else "blocks*.png"))
+    result, got = _probe_answers(capsys, tmp_path, probe["checkpoint"], images, *flags)
+    expected = ref.expected_log_probs(images, probe["model_ema" if ema else "model"], *settings)
+    ref.check_answers(got, expected, k=5)
+    assert (result["image_size"], result["crop_pct"], result["interpolation"]) == settings
+    if without is not None:  # what the same run without this flag answers: another top-5 for some picture
+        before = ref.expected_log_probs(images, probe["model"], *without)
+        assert any(ref.top_indices(expected[i], 5) != ref.top_indices(before[i], 5) for i in expected), case
+
+
+def test_probe_nearest_is_pils_nearest_at_a_fractional_scale(probe, tmp_path, capsys):
+    """14 px -> 131 px (x9.36): where the two conventions pick different pixels."""
+    image = probe["pictures"] / "blocks.png"
+    _, got = _probe_answers(capsys, tmp_path, probe["checkpoint"], [image], "--interpolation", "nearest")
+    ref.check_answers(got, ref.expected_log_probs([image], probe["model"], 112, 0.85, "nearest"), k=5)
