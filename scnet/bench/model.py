@@ -47,7 +47,8 @@ def saved_activation_bytes(
     in-place ReLU's output, saved by the ReLU and by the next conv) and views of one tensor share a storage.
     Not counted: the model's parameters and buffers, and copies of them (autocast's low-precision weights, a
     compiler's re-laid-out weights: a saved tensor, or the base of a saved view, with a parameter's shape
-    and values), since they do not grow with the batch. The input ``x`` counts when an op saves it. Other
+    and values; not for parameters with one value throughout, such as BN's initial ones, which a computed tensor
+    may equal), since they do not grow with the batch. The input ``x`` counts when an op saves it. Other
     tensors computed from parameters alone (e.g. two layers' weights concatenated in the forward) do count:
     they are memory the step holds, but a fixed amount, so bytes per image of such a model fall with the batch.
 
@@ -60,7 +61,9 @@ def saved_activation_bytes(
     own_storages = {t.untyped_storage().data_ptr() for t in own}
     own_by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for t in own:
-        if t.is_floating_point():
+        # A constant tensor (BN's initial ones and zeros) cannot be told from a computed one by its values:
+        # matching it would make the count depend on the model's state (fresh or trained), so it is left out.
+        if t.is_floating_point() and t.numel() > 1 and not bool((t == t.flatten()[0]).all()):
             own_by_shape.setdefault(tuple(t.shape), []).append(t.detach())
     counted: dict[int, int] = {}  # storage address -> bytes
     copies: set[int] = set()  # storages found to be copies of parameters

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import scnet
 from scnet.bench.model import bench_model, saved_activation_bytes
 
 N, A, B, C = 3, 5, 7, 11  # batch, input, hidden and class counts: distinct, so a wrong term shows
@@ -169,16 +170,21 @@ def _bench(tmp_path, *args: str) -> dict:
     assert KEYS <= set(result)
     assert "timing 2 steps" in proc.stderr  # progress on stderr, JSON alone on stdout
     assert result["images_per_second"] > 0 and result["baseline_images_per_second"] > 0
-    assert abs(result["ratio"] - result["images_per_second"] / result["baseline_images_per_second"]) < 1e-9
-    assert abs(result["images_per_second"] * result["step_seconds"] - 2) < 1e-9
-    assert abs(result["baseline_images_per_second"] * result["baseline_step_seconds"] - 2) < 1e-9
-    assert result["saved_bytes_per_image"] > 0 and result["baseline_saved_bytes_per_image"] > 0
-    saved_ratio = result["saved_bytes_per_image"] / result["baseline_saved_bytes_per_image"]
-    assert abs(result["saved_ratio"] - saved_ratio) < 1e-9
+    assert result["step_seconds"] > 0 and result["baseline_step_seconds"] > 0
     assert result["peak_memory_bytes"] is None and result["baseline_peak_memory_bytes"] is None  # CPU
     assert result["device"] == "cpu (1 thread)"
     assert (result["steps"], result["warmup"], result["batch_size"]) == (2, 1, 2)
     return result
+
+
+def _saved_per_image(name: str, image_size: int, layerwise: bool = False, batch: int = 2) -> float:
+    """What one training forward of ``name`` saves for backward per image, counted here on a model built here,
+    at the command's batch size: the command must report it for the model, size and batch it was given."""
+    model = scnet.create_model(name).train()
+    if layerwise:
+        model.set_fused(False)
+    x, y = torch.randn(batch, 3, image_size, image_size), torch.randint(0, 1000, (batch,))
+    return saved_activation_bytes(model, x, y) / batch
 
 
 @pytest.mark.slow
@@ -187,8 +193,11 @@ def test_bench_model_train_json(tmp_path):
     assert (result["model"], result["baseline"], result["mode"]) == ("scnet50", "resnet50", "train")
     assert (result["image_size"], result["amp"], result["channels_last"]) == (112, "none", False)
     assert (result["compile"], result["compile_backend"], result["saved_bytes_measured"]) == (False, None, "eager")
+    scnet50, resnet50 = _saved_per_image("scnet50", 112), _saved_per_image("resnet50", 112)
+    assert (result["saved_bytes_per_image"], result["baseline_saved_bytes_per_image"]) == (scnet50, resnet50)
+    assert result["saved_ratio"] == pytest.approx(scnet50 / resnet50, rel=1e-12)
     # At least the 112 px input of every image is kept by the stem's conv: 3 x 112 x 112 float32.
-    assert result["baseline_saved_bytes_per_image"] > 3 * 112 * 112 * F32
+    assert resnet50 > 3 * 112 * 112 * F32
 
 
 @pytest.mark.slow
@@ -197,6 +206,9 @@ def test_bench_model_infer_channels_last_layerwise(tmp_path):
     result = _bench(tmp_path, "--model", "scnet50:layerwise", "--infer", "--channels-last", "--image-size", "112")
     assert (result["model"], result["baseline"], result["mode"]) == ("scnet50:layerwise", "resnet50", "infer")
     assert result["channels_last"] is True
+    # The suffix really runs the layers one by one: they keep more for backward than the lean block would.
+    layerwise = _saved_per_image("scnet50", 112, layerwise=True)
+    assert result["saved_bytes_per_image"] == layerwise > _saved_per_image("scnet50", 112)
 
 
 @pytest.mark.slow
@@ -207,7 +219,10 @@ def test_bench_model_compiled(tmp_path):
     result = _bench(tmp_path, *args)
     assert (result["compile"], result["compile_backend"]) == (True, "eager")
     assert result["saved_bytes_measured"] == "compiled"
-    assert result["saved_ratio"] == 1
+    # The eager backend keeps what eager PyTorch saves.
+    assert (
+        result["saved_bytes_per_image"] == result["baseline_saved_bytes_per_image"] == _saved_per_image("resnet50", 64)
+    )
 
 
 def test_bench_model_unknown_name_is_one_line():
