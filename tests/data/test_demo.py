@@ -87,11 +87,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(demo, tmp_path):
     assert all(x.read_bytes() != y.read_bytes() for x, y in zip(a, b, strict=True))
 
 
-def test_second_call_returns_at_once_without_rewriting(demo):
+def test_second_call_rewrites_nothing(demo):
     before = {p: p.stat().st_mtime_ns for p in files_of(demo)}
-    start = time.perf_counter()
     assert make_demo(demo, train_per_class=4, val_per_class=2, progress=False) == demo
-    assert time.perf_counter() - start < 1.0
     assert {p: p.stat().st_mtime_ns for p in files_of(demo)} == before
 
 

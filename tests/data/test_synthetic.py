@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -52,8 +53,16 @@ def test_refusals(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(ValueError, match="not an empty folder"):
         synthetic.make_synthetic(tmp_path / "full", classes=1, per_class=1, val_per_class=1)
-    for bad in (dict(classes=0), dict(per_class=0), dict(quality=0), dict(workers=0), dict(size=(0, 10))):
-        with pytest.raises(ValueError):
+    counts = "classes, per-class and val-per-class must be at least 1"
+    bad_values = [
+        (dict(classes=0), counts),
+        (dict(per_class=0), counts),
+        (dict(quality=0), "quality must be in 1-100, got 0"),
+        (dict(workers=0), "workers must be at least 1, got 0"),
+        (dict(size=(0, 10)), "size must be positive, got 0x10"),
+    ]
+    for bad, message in bad_values:
+        with pytest.raises(ValueError, match=re.escape(message)):
             synthetic.make_synthetic(tmp_path / "new", **{"classes": 1, "per_class": 1, "val_per_class": 1, **bad})
     assert not (tmp_path / "new").exists()
 
@@ -66,5 +75,6 @@ def test_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["size"] == "64x48"
     assert synthetic.main(argv) == 2  # not empty any more
     assert "not an empty folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         synthetic.main(["--out", str(tmp_path / "x"), "--size", "big"])
+    assert exit_info.value.code == 2 and "--size" in capsys.readouterr().err

@@ -20,7 +20,8 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 def _diverging(demo: Path, out: Path, *extra: str) -> list[str]:
     """20 images, batch 4: 5 steps an epoch. A sane first step (warm-up starts at 1e-5), then a learning rate
-    of ~1e27 that blows the weights up, so the loss of step 3 is no longer finite. A checkpoint every step."""
+    of ~1e27 that blows the weights up, so the loss of step 3 is no longer finite. A checkpoint every 2 steps
+    (step 2's is the last good one; a skipped step writes none)."""
     return [
         f"data.root={demo}",
         "data.batch_size=4",
@@ -29,7 +30,7 @@ def _diverging(demo: Path, out: Path, *extra: str) -> list[str]:
         f"output_dir={out}",
         "train.epochs=1",
         "train.tensorboard=false",
-        "train.checkpoint_every_steps=1",
+        "train.checkpoint_every_steps=2",
         "optim.lr=1e30",
         "schedule.warmup_epochs=1",
         "schedule.warmup_lr=1e-5",
@@ -61,9 +62,12 @@ def test_skips_up_to_n_nonfinite_steps_and_counts_them(demo, tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["nonfinite_steps"] == 3
     assert math.isfinite(metrics[0]["train_loss"])  # the mean over the two finite steps
-    after_step_2 = torch.load(out / "best.pth", weights_only=True)  # written at the epoch's end
-    assert after_step_2["global_step"] == 5
-    assert all(torch.isfinite(t).all() for t in after_step_2["model"].values() if t.is_floating_point())
+    end = torch.load(out / "last.pth", weights_only=True)  # written at the epoch's end
+    # Skipped steps write no checkpoint: the one before the epoch's end (kept as last.prev.pth) is step 2's.
+    step_2 = torch.load(out / "last.prev.pth", weights_only=True)
+    assert (end["global_step"], step_2["global_step"]) == (5, 2)
+    for key, want in step_2["model"].items():  # BN statistics and their counters included
+        assert torch.equal(end["model"][key], want), key
 
 
 def test_stops_when_more_steps_diverge_than_allowed(demo, tmp_path):

@@ -191,7 +191,7 @@ def test_create_model_converts_any_timm_model():
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 97, 97)).shape == (1, 3)
-        with pytest.raises(scnet.InputTooSmallError):
+        with pytest.raises(scnet.InputTooSmallError, match="feature map of at least 4x4, got 3x3"):
             model(torch.randn(1, 3, 96, 96))
     assert scnet.create_model("resnet18", convert_sc=True, pooling_r=2).min_input_size == 33
     # Options reach the layers; timm's vgg16 has no BN, so its SC layers get none.

@@ -91,7 +91,7 @@ def test_too_small_or_wrong_input_is_an_error():
     layer = _layer(mode="eval")
     with pytest.raises(scnet.InputTooSmallError, match="at least 4x4"):
         layer(_input(8, 3, 9))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="sum exactly to 10"):
         layer(_input(10))  # another channel count, as nn.Conv2d(8, ...) would refuse it
 
 
@@ -173,7 +173,7 @@ def test_scripts_and_traces(in_chs, out_chs, stride, kwargs, mode):
     traced = torch.fx.symbolic_trace(copy.deepcopy(layer))
     _close(traced(x), want)
     _close(torch.jit.script(traced)(x), want)
-    with pytest.raises(scnet.InputTooSmallError):
+    with pytest.raises(scnet.InputTooSmallError, match="feature map of at least"):
         traced(x[..., :3])
 
 
