@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -30,6 +32,22 @@ EXPECTED_BASELINES = {
 RELEASED = ("scnet50", "scnet50_v1d", "scnet101", "scnet101_v1d")  # names with a published layout
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def has_module(name: str) -> bool:
+    """Whether the top-level package ``name`` is installed (found, not imported: a broken install counts)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Skip the calling test, with the install line, when a package of an optional extra is not installed.
+
+    Only a missing package skips: an installed one that fails to import fails the test, as it would fail
+    the user (``pytest.importorskip`` would hide that, and hide an import error of scnet's own modules).
+    """
+    missing = [m for m in modules if not has_module(m)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (the {extra} extra): pip install 'scnet[{extra}]'")
 
 
 def is_deep(name: str) -> bool:

@@ -17,7 +17,7 @@ import scnet
 from scnet.cli.cam import main
 from scnet.engine.cam import default_layer, grad_cam
 
-from ..utils import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, randomize_
+from ..utils import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, randomize_, require_extra
 
 SIZE = 100  # scnet50's minimum is 97 px
 CLASSES = ["red", "green", "blue"]
@@ -165,6 +165,7 @@ def _expected_top(files) -> tuple[int, float]:
 
 
 def test_cli_writes_the_figure(files, tmp_path, capsys):
+    require_extra("plot", "matplotlib")  # the figure is the command's output
     out_png = tmp_path / "figs" / "cam.png"
     code, out, err = _run(
         capsys,
@@ -184,6 +185,7 @@ def test_cli_writes_the_figure(files, tmp_path, capsys):
 
 
 def test_cli_class_and_layer(files, tmp_path, capsys):
+    require_extra("plot", "matplotlib")  # the figure is the command's output
     out_png = tmp_path / "cam.png"
     args = ("--checkpoint", files["scnet"], "--image", files["image"], "--out", out_png)
     code, out, err = _run(capsys, *args, "--class", 2, "--layer", "layer3")
@@ -194,6 +196,7 @@ def test_cli_class_and_layer(files, tmp_path, capsys):
 
 def test_cli_names_imagenet_classes_of_a_release_file(files, tmp_path, capsys):
     """A bare 1000-class file (a release's layout) is labelled with ImageNet's names, as scnet-predict does."""
+    require_extra("plot", "matplotlib")
     torch.manual_seed(0)
     weights = tmp_path / "resnet50-imagenet.pth"
     torch.save(timm.create_model("resnet50").state_dict(), weights)
@@ -211,6 +214,7 @@ def _one_line_error(err: str, *needles: str) -> None:
 
 
 def test_cli_bad_input(files, tmp_path, capsys):
+    require_extra("plot", "matplotlib")  # the figure is the command's output
     out_png = tmp_path / "cam.png"
     base = ("--image", files["image"], "--out", out_png)
     code, _, err = _run(capsys, "--checkpoint", files["scnet"], *base, "--layer", "layer5")

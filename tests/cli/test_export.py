@@ -19,7 +19,7 @@ from scnet.cli.export import main
 from scnet.engine.export import ExportCheckError, check, float32_rounding, mismatch_hint
 from scnet.engine.inference import load_checkpoint
 
-from ..utils import REPO_ROOT, randomize_
+from ..utils import REPO_ROOT, randomize_, require_extra
 
 SIZE = 100  # just above scnet50's 97 px minimum: the export is the same code at any size
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]
@@ -171,8 +171,7 @@ def test_torchscript(files, reference, tmp_path, capsys):
 
 
 def test_onnx(files, reference, tmp_path, capsys):
-    for name in ("onnx", "onnxscript", "onnxruntime"):
-        pytest.importorskip(name, reason=f"the export extra is not installed ({name}): pip install 'scnet[export]'")
+    require_extra("export", "onnx", "onnxscript", "onnxruntime")
     import onnxruntime as ort
 
     out_file = tmp_path / "scnet50.onnx"

@@ -22,6 +22,8 @@ from PIL import Image
 from scnet.cli.data import main as data_main
 from scnet.data.prepare import prepare_imagenet
 
+from ..utils import require_extra
+
 # ILSVRC2012_ID -> (wnid, words). As in the real devkit (which starts with kit fox, English setter, Siberian
 # husky), ID order is not sorted-wnid order, so mapping an ID by sorted position lands in the wrong class.
 SYNSETS = {
@@ -86,7 +88,9 @@ def val_images() -> dict[str, tuple[str, bytes]]:
 
 def meta_mat(synsets: dict[int, tuple[str, str]], parents: list[tuple[int, str, str, list[int]]]) -> bytes:
     """A meta.mat laid out as the devkit's: a struct array ``synsets`` with its eight fields."""
-    scipy_io = pytest.importorskip("scipy.io")
+    require_extra("imagenet", "scipy")
+    import scipy.io as scipy_io
+
     rows = [(cid, wnid, words, []) for cid, (wnid, words) in synsets.items()] + parents
     fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height"]
     table = np.zeros((len(rows), 1), dtype=[(f, object) for f in [*fields, "num_train_images"]])
