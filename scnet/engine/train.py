@@ -324,6 +324,10 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
+    if s.name == "step":
+        # timm decays at the update before each milestone (its t + 1 convention), the last of the epoch before;
+        # the recipes' StepLR multiplies by gamma from the first update of the milestone's epoch.
+        scheduler.decay_t = [m * steps_per_epoch + 1 for m in s.milestones]
     mixup = build_mixup(cfg.data.mixup, cfg.data.cutmix, cfg.train.label_smoothing, cfg.model.num_classes)
     criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     amp_dtype = AMP_DTYPES[cfg.train.amp]
