@@ -1,4 +1,5 @@
-"""Shared fixtures: the published reference numbers and a checkpoint in the original release's format."""
+"""Shared fixtures: the published reference numbers, a checkpoint in the original release's format, the tiny
+demo set and the uninterrupted training run that the resume and fault tests compare against."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import pytest
 import torch
 
 import scnet
+from scnet.data.demo import make_demo
 
+from .reliability.harness import run, train_command
 from .utils import REFERENCE_DIR, REFERENCE_FILES, RELEASED, randomize_
 
 # With any other load on the CPU (a benchmark, a second pytest worker), OpenMP's spinning barriers make
-# multi-threaded convs of these small tensors 10-50x slower; one thread is predictable. OMP_NUM_THREADS wins.
+# multi-threaded convs of these small tensors 10-50x slower; one thread is predictable, in this process and
+# in every process a test starts (they inherit the variable). An OMP_NUM_THREADS set by the caller wins.
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +53,29 @@ def module_tmp(request, tmp_path_factory) -> Iterator[Path]:
     """
     path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Iterator[Path]:
+    """The tiny demo set of the training tests: 10 classes, 2 train / 1 val image each (never modified)."""
+    path = tmp_path_factory.mktemp("demo")
+    yield make_demo(path, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def reference_run(demo, tmp_path_factory) -> Iterator[Path]:
+    """One uninterrupted, deterministic 2-epoch run on ``demo`` as a user starts it (a real scnet-train
+    process: ``tests.reliability.harness.train_command``): 5 steps an epoch, checkpoints every 2 steps. Every
+    test that resumes, kills or damages a run of those settings must end with its weights, best.pth and
+    metrics; tests only read it. Loader workers and checkpoint cadence do not change the weights, so a test
+    may run with other values of those."""
+    path = tmp_path_factory.mktemp("reference")
+    out = path / "run"
+    result = run(train_command(demo, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield out
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,33 +15,27 @@ from scnet.config import load_config
 from scnet.engine import checkpoint as ckpt
 from scnet.engine.train import train
 
-REPO = Path(__file__).parents[2]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
+from ..reliability.harness import QUICKSTART, assert_same_weights, overrides, weights
 
 
 def _overrides(demo: Path, out: Path, epochs: int) -> list[str]:
-    # 20 images, batch 4: 5 steps an epoch; a checkpoint at steps 2 and 4 and at the epoch's end.
-    return [
-        f"data.root={demo}",
-        "data.batch_size=4",
-        "data.workers=0",
-        "data.image_size=100",
-        f"output_dir={out}",
-        f"train.epochs={epochs}",
-        "train.deterministic=true",
-        "train.tensorboard=false",
-        "train.checkpoint_every_steps=2",
-        "schedule.name=step",
-        "schedule.milestones=[30]",
-        "schedule.warmup_epochs=0",
-    ]
+    """The session reference run's settings (5 steps an epoch, a checkpoint at steps 2 and 4 and at the
+    epoch's end), in this process."""
+    return overrides(demo, out, epochs=epochs, workers=0)
 
 
 @pytest.fixture(scope="module")
-def straight(demo, module_tmp) -> dict:
-    out = module_tmp / "straight"
-    train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
-    return torch.load(out / "last.pth", weights_only=True)["model"]
+def one_epoch(demo, module_tmp) -> Path:
+    """Epoch 1 of the reference run's settings, finished: last.pth (epoch end) and last.prev.pth (step 4)."""
+    out = module_tmp / "one_epoch"
+    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
+    assert ckpt.load(ckpt.previous_path(out / "last.pth"))["global_step"] == 4
+    return out
+
+
+def _copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a run folder, to damage."""
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
 def _damage(path: Path, how: str) -> None:
@@ -64,12 +59,10 @@ def test_save_atomic_keeps_the_previous_file(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "empty", "random"])
-def test_resume_auto_falls_back_to_the_previous_checkpoint(demo, straight, tmp_path, capsys, how):
+def test_resume_auto_falls_back_to_the_previous_checkpoint(demo, reference_run, one_epoch, tmp_path, capsys, how):
     """Epoch 1 ends; its last.pth is damaged; the resume starts from step 4's checkpoint, and (deterministic on
     CPU) the run still ends with exactly the weights of an uninterrupted one."""
-    out = tmp_path / "run"
-    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
-    assert ckpt.load(ckpt.previous_path(out / "last.pth"))["global_step"] == 4
+    out = _copy_of(one_epoch, tmp_path)
     _damage(out / "last.pth", how)
     capsys.readouterr()
     assert train_main(["--config", str(QUICKSTART), *_overrides(demo, out, epochs=2), "--resume", "auto"]) == 0
@@ -77,16 +70,13 @@ def test_resume_auto_falls_back_to_the_previous_checkpoint(demo, straight, tmp_p
     assert len(warnings) == 1, warnings
     assert f"{out / 'last.pth'}: cannot read checkpoint" in warnings[0]
     assert f"resuming from the previous checkpoint, {out / 'last.prev.pth'}" in warnings[0]
-    got = torch.load(out / "last.pth", weights_only=True)["model"]
-    for key, want in straight.items():
-        assert torch.equal(got[key], want), key
+    assert_same_weights(weights(reference_run), weights(out))
     # Epoch 1 was redone from step 4: its metrics line is there once, not twice.
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_no_good_checkpoint_left_is_one_line_and_fails(demo, tmp_path, capsys):
-    out = tmp_path / "run"
-    train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
+def test_no_good_checkpoint_left_is_one_line_and_fails(demo, one_epoch, tmp_path, capsys):
+    out = _copy_of(one_epoch, tmp_path)
     _damage(out / "last.pth", "empty")
     _damage(ckpt.previous_path(out / "last.pth"), "truncated")
     capsys.readouterr()

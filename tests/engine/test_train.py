@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,67 +14,43 @@ from scnet.cli.train import main as train_main
 from scnet.config import load_config
 from scnet.engine.train import train
 
+from ..reliability.harness import (
+    ENV,
+    QUICKSTART,
+    REPO,
+    assert_same_weights,
+    overrides,
+    run,
+    stable_metrics,
+    train_command,
+    weights,
+)
 from ..utils import read_stderr_until
-
-REPO = Path(__file__).parents[2]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
 def _overrides(demo: Path, out: Path, epochs: int = 2) -> list[str]:
-    # 20 train images, batch 4 -> 5 steps per epoch; step schedule so the lr does not depend on epochs.
-    return [
-        f"data.root={demo}",
-        "data.batch_size=4",
-        "data.workers=0",
-        f"output_dir={out}",
-        f"train.epochs={epochs}",
-        "train.deterministic=true",
-        "train.tensorboard=false",
-        "schedule.name=step",
-        "schedule.milestones=[30]",
-        "schedule.warmup_epochs=0",
-    ]
-
-
-def _weights(run: Path) -> dict:
-    return torch.load(run / "last.pth", weights_only=True)["model"]
-
-
-@pytest.fixture(scope="module")
-def straight_run(demo, module_tmp) -> Path:
-    out = module_tmp / "straight"
-    train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)))
-    return out
+    """The settings of the session's reference run (20 images, batch 4: 5 steps an epoch; a step schedule,
+    so the lr does not depend on epochs), in this process: no loader workers."""
+    return overrides(demo, out, epochs=epochs, workers=0)
 
 
 @pytest.mark.slow
-def test_resume_after_epoch_is_exact(demo, straight_run, tmp_path):
+def test_resume_after_epoch_is_exact(demo, reference_run, tmp_path):
     out = tmp_path / "run"
     train(load_config(QUICKSTART, _overrides(demo, out, epochs=1)))
     first = torch.load(out / "last.pth", weights_only=True)
     assert first["epoch"] == 1 and first["step_in_epoch"] == 0
     train(load_config(QUICKSTART, _overrides(demo, out, epochs=2)), resume="auto")
-    want, got = _weights(straight_run), _weights(out)
-    assert want.keys() == got.keys()
-    for key in want:
-        assert torch.equal(want[key], got[key]), key
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 and (out / "best.pth").is_file() and (out / "config.yaml").is_file()
-
-
-def _cli(demo: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "scnet.cli.train", "--config", str(QUICKSTART), *_overrides(demo, out), *extra]
-
-
-# Same thread count in every process: bitwise equality needs the same reduction order.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert_same_weights(weights(reference_run), weights(out))
+    assert stable_metrics(out) == stable_metrics(reference_run)
+    assert (out / "best.pth").is_file() and (out / "config.yaml").is_file()
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_then_resume_is_exact(demo, tmp_path):
-    straight, out = tmp_path / "straight", tmp_path / "run"
-    subprocess.run(_cli(demo, straight), check=True, capture_output=True, timeout=300, cwd=REPO, env=ENV)
-    proc = subprocess.Popen(_cli(demo, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=REPO, env=ENV)
+def test_sigterm_mid_epoch_then_resume_is_exact(demo, reference_run, tmp_path):
+    out = tmp_path / "run"
+    command = train_command(demo, out, "train.checkpoint_every_steps=0", workers=0)  # only the signal saves
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=REPO, env=ENV)
     seen = read_stderr_until(proc, b"| 2/5", timeout=240)  # tqdm has finished step 2 of epoch 1
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=240)[1]
@@ -83,20 +58,20 @@ def test_sigterm_mid_epoch_then_resume_is_exact(demo, tmp_path):
     assert b"stopped by signal" in rest
     stopped = torch.load(out / "last.pth", weights_only=True)
     assert stopped["epoch"] == 0 and 2 <= stopped["step_in_epoch"] < 5  # mid-epoch
-    subprocess.run(_cli(demo, out, "--resume"), check=True, capture_output=True, timeout=300, cwd=REPO, env=ENV)
-    want, got = _weights(straight), _weights(out)
-    for key in want:
-        assert torch.equal(want[key], got[key]), key
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(weights(reference_run), weights(out))
+    assert stable_metrics(out) == stable_metrics(reference_run)
 
 
-def test_refuses_to_overwrite_a_run(demo, straight_run, capsys):
-    before = sorted(p.name for p in straight_run.iterdir())
-    mtime = (straight_run / "last.pth").stat().st_mtime_ns
-    assert train_main(["--config", str(QUICKSTART), *_overrides(demo, straight_run)]) == 2
+def test_refuses_to_overwrite_a_run(demo, reference_run, capsys):
+    before = sorted(p.name for p in reference_run.iterdir())
+    mtime = (reference_run / "last.pth").stat().st_mtime_ns
+    assert train_main(["--config", str(QUICKSTART), *_overrides(demo, reference_run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already holds a run" in err and "--resume" in err
-    assert sorted(p.name for p in straight_run.iterdir()) == before
-    assert (straight_run / "last.pth").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in reference_run.iterdir()) == before
+    assert (reference_run / "last.pth").stat().st_mtime_ns == mtime
 
 
 def _make_renamed_class(demo: Path, tmp_path: Path) -> Path:
@@ -143,7 +118,7 @@ def _make_empty_class(demo: Path, tmp_path: Path) -> Path:
         ),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, capsys, case, extra, message):
+def test_bad_input_is_one_line_and_writes_nothing(demo, reference_run, tmp_path, capsys, case, extra, message):
     out = tmp_path / "run"
     ckpt = tmp_path / "resnet.pth"
     if "{ckpt}" in extra[0]:
@@ -152,7 +127,7 @@ def test_bad_input_is_one_line_and_writes_nothing(demo, straight_run, tmp_path, 
         torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), ckpt)
     empty = _make_empty_class(demo, tmp_path) if "{empty}" in extra[0] else None
     renamed = _make_renamed_class(demo, tmp_path) if "{renamed}" in " ".join(extra) else None
-    names = dict(tmp=tmp_path, empty=empty, ckpt=ckpt, run=straight_run, renamed=renamed)
+    names = dict(tmp=tmp_path, empty=empty, ckpt=ckpt, run=reference_run, renamed=renamed)
     extra = [e.format(**names) for e in extra]
     message = message.format(**names)
     code = train_main(["--config", str(QUICKSTART), *_overrides(demo, out), *extra])

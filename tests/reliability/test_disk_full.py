@@ -54,7 +54,7 @@ def _file_size_limit(limit: int):
 
 
 @pytest.mark.slow
-def test_run_stops_in_one_line_and_resumes_when_space_is_back(demo, reference, tmp_path):
+def test_run_stops_in_one_line_and_resumes_when_space_is_back(demo, reference_run, tmp_path):
     out = tmp_path / "run"
     assert run(train_command(demo, out, epochs=1)).returncode == 0
     kept = {name: (out / name).read_bytes() for name in ("last.pth", "last.prev.pth", "best.pth")}
@@ -71,7 +71,7 @@ def test_run_stops_in_one_line_and_resumes_when_space_is_back(demo, reference, t
     # Space is back: the same command finishes the run as if nothing had happened.
     result = run(train_command(demo, out))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(weights(reference), weights(out))
+    assert_same_weights(weights(reference_run), weights(out))
 
 
 def test_save_atomic_error_is_one_line(tmp_path: Path):

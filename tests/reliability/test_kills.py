@@ -50,7 +50,7 @@ CHAIN = [
 
 
 @pytest.mark.slow
-def test_a_run_killed_six_times_ends_as_if_never_killed(demo, reference, tmp_path):
+def test_a_run_killed_six_times_ends_as_if_never_killed(demo, reference_run, tmp_path):
     out = tmp_path / "run"
     for fault, check in CHAIN:
         result = run(train_command(demo, out), fault=fault)
@@ -60,9 +60,9 @@ def test_a_run_killed_six_times_ends_as_if_never_killed(demo, reference, tmp_pat
     result = run(train_command(demo, out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from the previous checkpoint" not in result.stderr  # the last kill left a good last.pth
-    assert_same_weights(weights(reference), weights(out))
-    assert_same_weights(weights(reference / "best.pth"), weights(out / "best.pth"))
-    assert stable_metrics(out) == stable_metrics(reference)
+    assert_same_weights(weights(reference_run), weights(out))
+    assert_same_weights(weights(reference_run / "best.pth"), weights(out / "best.pth"))
+    assert stable_metrics(out) == stable_metrics(reference_run)
     assert leftovers(out) == []
 
 
@@ -106,7 +106,7 @@ def trial_plan(seed: int, duration: float) -> list[tuple[str, str | float]]:
 
 
 @pytest.mark.long
-def test_random_kills(demo, reference, tmp_path, request):
+def test_random_kills(demo, reference_run, tmp_path, request):
     seed = request.config.getoption("--kill-seed")
     started = time.monotonic()
     run(train_command(demo, tmp_path / "timed"))  # how long one uninterrupted run takes here
@@ -131,9 +131,9 @@ def test_random_kills(demo, reference, tmp_path, request):
         state = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         result = run(train_command(demo, out))
         assert result.returncode == 0, f"trial {i} ({kind} {what}): {result.stderr[-3000:]}"
-        assert_same_weights(weights(reference), weights(out))
-        assert_same_weights(weights(reference / "best.pth"), weights(out / "best.pth"))
-        assert stable_metrics(out) == stable_metrics(reference)
+        assert_same_weights(weights(reference_run), weights(out))
+        assert_same_weights(weights(reference_run / "best.pth"), weights(out / "best.pth"))
+        assert stable_metrics(out) == stable_metrics(reference_run)
         assert leftovers(out) == []
         outcomes.append(
             {"trial": i, "kill": kind, "at": what, "killed": killed, "left": state, "seconds": time.monotonic() - t0}

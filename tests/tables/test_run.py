@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from scnet.cli.eval import main as eval_main
 from scnet.cli.table import main
-from scnet.data.demo import make_demo
 
 from ..utils import has_module, read_stderr_until
 
@@ -23,19 +23,12 @@ ROWS = ("resnet50", "scnet50")
 # 20 train images, batch 4 -> 5 steps per row; 10 val images.
 OVERRIDES = [
     "train.epochs=1",
-    "data.image_size=112",
+    "data.image_size=100",
     "data.batch_size=4",
     "data.workers=0",
     "train.tensorboard=false",
     "train.deterministic=true",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tables") / "demo"
-    make_demo(root, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
-    return root
 
 
 def _table(demo: Path, out: Path, *extra: str) -> list[str]:
@@ -45,11 +38,10 @@ def _table(demo: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _scnet_eval(checkpoint: Path, data: Path, out: Path, *extra: str, split: str = "val") -> dict:
-    """What scnet-eval itself reports for ``checkpoint`` on ``data/split`` (run as a process)."""
+    """What scnet-eval itself reports for ``checkpoint`` on ``data/split`` (its entry point, in this process)."""
     json_path = out / f"{checkpoint.parent.name}.{checkpoint.stem}.{split}.eval.json"
-    command = [sys.executable, "-m", "scnet.cli.eval", "--checkpoint", str(checkpoint), "--data", str(data)]
-    command += ["--split", split, *extra, "--json", str(json_path)]
-    subprocess.run(command, check=True, capture_output=True, env=ENV, timeout=300)
+    argv = ["--checkpoint", str(checkpoint), "--data", str(data), "--split", split, *extra, "--json", str(json_path)]
+    assert eval_main(argv) == 0
     return json.loads(json_path.read_text())
 
 
