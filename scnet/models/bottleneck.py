@@ -79,7 +79,7 @@ class SCBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        # Run the two 1x1 reductions as one kernel (same numbers, same state_dict); see fused.py.
+        # In training, run the two 1x1 reductions as one kernel (same numbers, same state_dict); see fused.py.
         self.fused = True
         # Read only by scripted code; set by __prepare_scriptable__ (with the BNs' momentum and eps, which
         # TorchScript cannot read from the BN submodules).
@@ -107,9 +107,15 @@ class SCBottleneck(nn.Module):
             return False
         else:
             plain = can_fuse_bns(self.bn1_a, self.bn1_b)
+        # Batch statistics only. With running statistics (evaluation, frozen-statistics fine-tuning) the layers run
+        # one by one, as FX graphs have them: with several threads a 1x1 conv with twice the outputs sums in another
+        # order, and eval outputs of eager, scripted, traced and exported code must be bit-equal (timm's FX test).
+        # Cost on CPU, NCHW eval: up to ~5% for SCNet-50 (its first stages read a wide input twice), none measurable
+        # for SC-ResNeXt-50; channels_last never fused.
+        training = self.bn1_a.training and self.bn1_b.training
         # In channels_last, splitting the fused output by channel is a strided gather that costs
         # more than the fusion saves (measured: BENCHMARKS.md), so fuse only NCHW inputs.
-        return self.fused and plain and not x.is_contiguous(memory_format=torch.channels_last)
+        return self.fused and plain and training and not x.is_contiguous(memory_format=torch.channels_last)
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         """Both branches, concatenated: what the paper draws, one layer per line."""
@@ -124,7 +130,8 @@ class SCBottleneck(nn.Module):
         return self._bn_reduce(conv1x1_shared_input(x, [self.conv1_a.weight, self.conv1_b.weight]))
 
     def _bn_reduce(self, y: torch.Tensor) -> torch.Tensor:
-        """``bn1_a`` and ``bn1_b`` as one BN over ``y``, the two reductions' outputs laid end to end."""
+        """``bn1_a`` and ``bn1_b`` as one training-mode BN over ``y``, the two reductions' outputs laid end to end
+        (only where :meth:`_fusable`: both BNs in training mode)."""
         bn_a, bn_b = self.bn1_a, self.bn1_b
         mean_a, mean_b, var_a, var_b = bn_a.running_mean, bn_b.running_mean, bn_a.running_var, bn_b.running_var
         count_a, count_b = bn_a.num_batches_tracked, bn_b.num_batches_tracked
@@ -135,18 +142,10 @@ class SCBottleneck(nn.Module):
             momentum, eps = self.bn_momentum, self.bn_eps
         else:
             momentum, eps = float(bn_a.momentum), float(bn_a.eps)
-        if self.training:
-            count_a.add_(1)
-            count_b.add_(1)
+        count_a.add_(1)
+        count_b.add_(1)
         return batch_norm_group(
-            y,
-            [bn_a.weight, bn_b.weight],
-            [bn_a.bias, bn_b.bias],
-            [mean_a, mean_b],
-            [var_a, var_b],
-            self.training,
-            momentum,
-            eps,
+            y, [bn_a.weight, bn_b.weight], [bn_a.bias, bn_b.bias], [mean_a, mean_b], [var_a, var_b], True, momentum, eps
         )
 
     def _branches_fused(self, x: torch.Tensor) -> torch.Tensor:

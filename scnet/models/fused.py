@@ -2,9 +2,11 @@
 
 SCNet's bottleneck reduces its input twice, with ``conv1_a`` and ``conv1_b`` (each to half the
 width). Two half-width 1x1 convolutions use a CPU or GPU worse than one full-width one and read
-the input twice, so the block concatenates their weights at run time and runs one convolution
-and one batch norm. Gradients flow back to the original parameters through ``torch.cat``; BN
-running statistics are written back to each layer. The state_dict is untouched.
+the input twice, so in training the block concatenates their weights at run time and runs one
+convolution and one batch norm. Gradients flow back to the original parameters through ``torch.cat``;
+BN running statistics are written back to each layer. The state_dict is untouched. In evaluation the
+block runs the two layers, as FX graphs do: the wider convolution may sum in another order, and
+evaluation outputs must not depend on how the model is run (eager, scripted, traced, exported).
 
 The functions take tensors (not modules), so that TorchScript compiles them as they are.
 """

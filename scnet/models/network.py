@@ -221,9 +221,9 @@ class SCNet(nn.Module):
         self.grad_checkpointing = enable
 
     def set_fused(self, enable: bool = True) -> None:
-        """Run each block's shipped kernels (default: the two 1x1 reductions as one convolution on NCHW input,
-        and in eager training the lean kernels of lean.py), or the plain layers as drawn in the paper. Both
-        compute the same function with the same parameters."""
+        """Run each block's shipped training kernels (default: the two 1x1 reductions as one convolution on NCHW
+        input, and in eager training the lean kernels of lean.py), or the plain layers as drawn in the paper. Both
+        compute the same function with the same parameters; evaluation runs the plain layers either way."""
         for m in self.modules():
             if isinstance(m, (SCBottleneck, SCConv)):
                 m.fused = enable

@@ -58,14 +58,34 @@ def test_cumulative_momentum_matches():
 
 
 def test_other_norm_layers_fall_back():
-    """Norm layers the fusion does not know (frozen BN here; SyncBN alike) run layer by layer, correctly."""
+    """Norm layers the fusion does not know (frozen BN here; SyncBN alike) run layer by layer, correctly: in
+    training mode, where the blocks would otherwise fuse."""
     fused, _ = _pair("scnet50")
     fused.eval()
     x = torch.randn(1, 3, 112, 112, dtype=torch.float64)
     with torch.no_grad():
         want = fused(x)
-    frozen = freeze_batch_norm_2d(copy.deepcopy(fused))
+    frozen = freeze_batch_norm_2d(copy.deepcopy(fused)).train()
     assert not any(type(m) is nn.BatchNorm2d for m in frozen.modules())
     with torch.no_grad():
         got = frozen(x)
     torch.testing.assert_close(got, want)
+
+
+def test_bns_with_running_statistics_in_a_training_model():
+    """Fine-tuning with frozen statistics (``model.train()``, then each BN ``.eval()``): the reductions use the
+    running statistics and leave them as they are, as each BN by itself does, and give the eval outputs bit for bit."""
+    fused, _ = _pair("scnet50")
+    fused.eval()
+    x = torch.randn(2, 3, 112, 112, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = fused(x)
+    buffers = copy.deepcopy(dict(fused.named_buffers()))
+    fused.train()
+    for m in fused.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    got = fused(x)
+    assert torch.equal(got, want)
+    for key, value in fused.named_buffers():
+        assert torch.equal(value, buffers[key]), key
