@@ -87,11 +87,11 @@ def weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)[key]
 
 
-def assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
-    """Bitwise equality of every tensor (weights and BN statistics)."""
-    assert want.keys() == got.keys()
+def assert_same_weights(want: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str = "weights") -> None:
+    """Bitwise equality of every tensor (weights and BN statistics); ``what`` names them in the message."""
+    assert want.keys() == got.keys(), what
     different = [k for k in want if not torch.equal(want[k], got[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    assert not different, f"{what}: {len(different)} of {len(want)} tensors differ, e.g. {different[:3]}"
 
 
 def stable_metrics(run_dir: Path) -> list[dict]:

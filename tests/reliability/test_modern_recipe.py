@@ -63,8 +63,8 @@ def test_modern_recipe_killed_three_times_ends_as_if_never_killed(demo, tmp_path
     result = run(modern_command(demo, out))
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("model", "model_ema"):
-        assert_same_weights(weights(straight, key), weights(out, key))
-        assert_same_weights(weights(straight / "best.pth", key), weights(out / "best.pth", key))
+        assert_same_weights(weights(straight, key), weights(out, key), f"last.pth {key}")
+        assert_same_weights(weights(straight / "best.pth", key), weights(out / "best.pth", key), f"best.pth {key}")
     metrics = stable_metrics(out)
     assert metrics == stable_metrics(straight)
     assert [m["epoch"] for m in metrics] == [1, 2] and all("ema_top1" in m for m in metrics)
