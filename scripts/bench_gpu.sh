@@ -89,7 +89,8 @@ while (($#)); do
 done
 [[ -z $BUDGET || $BUDGET =~ ^[0-9]+$ ]] || die 2 "--budget wants whole seconds, got $BUDGET"
 
-NPROC=$(nproc)
+# The machine's CPUs (affinity), whatever OMP_NUM_THREADS says: GNU nproc would report that instead.
+NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 DEFAULT_MODELS=scnet50,scnet50_v1d,scnet101,sc_resnext50_32x4d
 # ------------------------------------------------------------------------------------------- sizes
 # The real run and the dry run differ only in these variables; every command below is shared.

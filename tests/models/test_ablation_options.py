@@ -292,19 +292,21 @@ def test_r8_runs_at_224_only_in_ceil_mode():
 CONTRACT_CASES = [pytest.param(FLIPPED, 36, id="flipped"), pytest.param(R8_CEIL, 36, id="r8_ceil")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, size", CONTRACT_CASES)
 def test_options_keep_torchscript_and_fx_contracts(options, size):
-    """Scripted (fused reductions included), FX-traced, the trace scripted, torchvision's feature extractor."""
+    """Scripted (fused reductions in training included), FX-traced, the trace scripted, torchvision's feature
+    extractor."""
     model = _model("scnet50", **options)
     x = _input(size)
     with torch.no_grad():
         want = model(x)
         scripted = torch.jit.script(copy.deepcopy(model))
         _close(scripted(x), want)
-        # The scripted model runs the fused path: one 1x1 conv for both reductions, 16 fewer convs.
-        plain = copy.deepcopy(model)
+        # In training the scripted model runs the fused path: one 1x1 conv for both reductions, 16 fewer convs.
+        plain = copy.deepcopy(model).train()
         plain.set_fused(False)
-        assert _conv_calls(scripted, x) == _conv_calls(plain, x) - 16
+        assert _conv_calls(scripted.train(), x) == _conv_calls(plain, x) - 16
         traced = torch.fx.symbolic_trace(copy.deepcopy(model))
         _close(traced(x), want)
         _close(torch.jit.script(traced)(x), want)
@@ -315,6 +317,7 @@ def test_options_keep_torchscript_and_fx_contracts(options, size):
             traced(_input(model.min_input_size - 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, size", CONTRACT_CASES)
 def test_options_keep_compile_and_export_contracts(options, size):
     """torch.compile(fullgraph=True) through AOTAutograd, forward and backward, and torch.export.
