@@ -10,7 +10,7 @@ import json
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -252,14 +252,17 @@ def train(cfg: Config, resume: str | None = None) -> dict[str, Any]:
     """Run training as ``cfg`` says; ``resume`` is a checkpoint path, ``"auto"`` or None. Returns the last metrics."""
     info = setup_distributed(timeout=cfg.train.dist_timeout)
     try:
-        return _train(cfg, resume, info)
-    except Exception as e:
-        lost = _peer_lost(e, info, cfg.train.dist_timeout, Path(cfg.output_dir))
+        metrics = _train(cfg, resume, info)
+    except BaseException as e:
+        # The run's own error is what the user must see: leaving the group can fail too when a peer is gone.
+        with suppress(Exception):
+            cleanup_distributed()
+        lost = _peer_lost(e, info, cfg.train.dist_timeout, Path(cfg.output_dir)) if isinstance(e, Exception) else None
         if lost is None:
             raise
         raise lost from e
-    finally:
-        cleanup_distributed()
+    cleanup_distributed()
+    return metrics
 
 
 def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
