@@ -16,7 +16,7 @@ import torch
 import scnet
 from scnet.data.demo import make_demo
 
-from .reliability.harness import run, train_command
+from .reliability.harness import run_here, train_command
 from .utils import REFERENCE_DIR, REFERENCE_FILES, RELEASED, randomize_
 
 # With any other load on the CPU (a benchmark, a second pytest worker), OpenMP's spinning barriers make
@@ -35,7 +35,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--reliability-report", default=None, help="append the long trials' results (JSON lines) here")
 
 
+# The modules that take longest on the 2-core CI (40-230 s each, measured), longest first. Under pytest-xdist
+# (--dist loadfile --no-loadscope-reorder) whole modules go to the two workers in collection order: one of
+# these started last would keep one worker busy minutes after the other ran out of work. Only the order
+# changes; the other modules follow in their usual order.
+LONGEST_MODULES = (
+    "models/test_contracts.py",
+    "scripts/test_bench_gpu.py",
+    "reliability/test_peers.py",
+    "reliability/test_kills.py",
+    "tables/test_run.py",
+    "models/test_ablation_options.py",
+    "reliability/test_disk_full.py",
+    "reliability/test_modern_recipe.py",
+    "engine/test_train_data.py",
+    "cli/test_export.py",
+    "reliability/test_shard_resume.py",
+    "engine/test_train.py",
+    "engine/test_damaged_checkpoint.py",
+    "cli/test_eval.py",
+)
+
+
+def _start_rank(item: pytest.Item) -> int:
+    module = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+    return LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_start_rank)  # stable: each module's tests keep their order
     if config.getoption("--long"):
         return
     skip = pytest.mark.skip(reason="a long trial: run with --long")
@@ -66,15 +94,14 @@ def demo(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def reference_run(demo, tmp_path_factory) -> Iterator[Path]:
-    """One uninterrupted, deterministic 2-epoch run on ``demo`` as a user starts it (a real scnet-train
-    process: ``tests.reliability.harness.train_command``): 5 steps an epoch, checkpoints every 2 steps. Every
-    test that resumes, kills or damages a run of those settings must end with its weights, best.pth and
-    metrics; tests only read it. Loader workers and checkpoint cadence do not change the weights, so a test
-    may run with other values of those."""
+    """One uninterrupted, deterministic 2-epoch run on ``demo``, the command of
+    ``tests.reliability.harness.train_command`` (run in this process): 5 steps an epoch, checkpoints every 2
+    steps. Every test that resumes, kills or damages a run of those settings must end with its weights,
+    best.pth and metrics; tests only read it. Loader workers and checkpoint cadence do not change the
+    weights, so a test may run with other values of those."""
     path = tmp_path_factory.mktemp("reference")
     out = path / "run"
-    result = run(train_command(demo, out))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_here(train_command(demo, out)) == 0
     yield out
     shutil.rmtree(path, ignore_errors=True)
 

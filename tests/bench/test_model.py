@@ -1,10 +1,8 @@
-"""`scnet-bench model` as a real process, and the saved-activation count against sizes derived from shapes."""
+"""`scnet-bench model` through its entry point, and the saved-activation count against sizes derived from shapes."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from torch import nn
 
 import scnet
 from scnet.bench.model import bench_model, saved_activation_bytes
+from scnet.cli.bench import main as bench_main
 
 N, A, B, C = 3, 5, 7, 11  # batch, input, hidden and class counts: distinct, so a wrong term shows
 F32, BF16, I64 = 4, 2, 8  # bytes per element
@@ -128,7 +127,7 @@ def test_saved_bytes_leaves_the_model_untouched():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-# --- the command, as a real process (SCNet-50 at 112 px, batch 2: about 0.3 s a training step here) ---
+# --- the command, through its entry point (SCNet-50 at 112 px, batch 2: about 0.3 s a training step here) ---
 
 KEYS = {
     "model",
@@ -159,16 +158,16 @@ KEYS = {
 }
 
 
-def _bench(tmp_path, *args: str) -> dict:
+def _bench(tmp_path, capsys, *args: str) -> dict:
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "scnet.cli.bench", "model", "--batch-size", "2", "--steps", "2", "--warmup", "1"]
-    cmd += ["--threads", "1", "--device", "cpu", *args, "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    argv = ["model", "--batch-size", "2", "--steps", "2", "--warmup", "1", "--threads", "1", "--device", "cpu"]
+    code = bench_main([*argv, *args, "--json", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
     result = json.loads(out.read_text())
-    assert result == json.loads(proc.stdout)
+    assert result == json.loads(stdout)
     assert KEYS <= set(result)
-    assert "timing 2 steps" in proc.stderr  # progress on stderr, JSON alone on stdout
+    assert "timing 2 steps" in stderr  # progress on stderr, JSON alone on stdout
     assert result["images_per_second"] > 0 and result["baseline_images_per_second"] > 0
     assert result["step_seconds"] > 0 and result["baseline_step_seconds"] > 0
     assert result["peak_memory_bytes"] is None and result["baseline_peak_memory_bytes"] is None  # CPU
@@ -187,9 +186,8 @@ def _saved_per_image(name: str, image_size: int, layerwise: bool = False, batch:
     return saved_activation_bytes(model, x, y) / batch
 
 
-@pytest.mark.slow
-def test_bench_model_train_json(tmp_path):
-    result = _bench(tmp_path, "--model", "scnet50", "--vs", "resnet50", "--image-size", "112")
+def test_bench_model_train_json(tmp_path, capsys):
+    result = _bench(tmp_path, capsys, "--model", "scnet50", "--vs", "resnet50", "--image-size", "112")
     assert (result["model"], result["baseline"], result["mode"]) == ("scnet50", "resnet50", "train")
     assert (result["image_size"], result["amp"], result["channels_last"]) == (112, "none", False)
     assert (result["compile"], result["compile_backend"], result["saved_bytes_measured"]) == (False, None, "eager")
@@ -200,10 +198,10 @@ def test_bench_model_train_json(tmp_path):
     assert resnet50 > 3 * 112 * 112 * F32
 
 
-@pytest.mark.slow
-def test_bench_model_infer_channels_last_layerwise(tmp_path):
+def test_bench_model_infer_channels_last_layerwise(tmp_path, capsys):
     # --vs left out: a layerwise SC model is compared with its SC name's baseline.
-    result = _bench(tmp_path, "--model", "scnet50:layerwise", "--infer", "--channels-last", "--image-size", "112")
+    args = ["--model", "scnet50:layerwise", "--infer", "--channels-last", "--image-size", "112"]
+    result = _bench(tmp_path, capsys, *args)
     assert (result["model"], result["baseline"], result["mode"]) == ("scnet50:layerwise", "resnet50", "infer")
     assert result["channels_last"] is True
     # The suffix really runs the layers one by one: they keep more for backward than the lean block would.
@@ -211,12 +209,12 @@ def test_bench_model_infer_channels_last_layerwise(tmp_path):
     assert result["saved_bytes_per_image"] == layerwise > _saved_per_image("scnet50", 112)
 
 
-@pytest.mark.slow
-def test_bench_model_compiled(tmp_path):
+def test_bench_model_compiled(tmp_path, capsys):
     # Dynamo's "eager" backend: the compile path end to end without a C++ toolchain's minutes. The same
     # model on both sides, so both sides save the same.
     args = ["--model", "resnet50", "--vs", "resnet50", "--image-size", "64", "--compile", "--compile-backend", "eager"]
-    result = _bench(tmp_path, *args)
+    torch._dynamo.reset()  # graphs compiled by earlier tests of this process
+    result = _bench(tmp_path, capsys, *args)
     assert (result["compile"], result["compile_backend"]) == (True, "eager")
     assert result["saved_bytes_measured"] == "compiled"
     # The eager backend keeps what eager PyTorch saves.
@@ -225,15 +223,10 @@ def test_bench_model_compiled(tmp_path):
     )
 
 
-def test_bench_model_unknown_name_is_one_line():
-    proc = subprocess.run(
-        [sys.executable, "-m", "scnet.cli.bench", "model", "--model", "scnet5O", "--vs", "resnet50"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "'scnet5O'" in proc.stderr and "scnet50" in proc.stderr
+def test_bench_model_unknown_name_is_one_line(capsys):
+    assert bench_main(["model", "--model", "scnet5O", "--vs", "resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "'scnet5O'" in err and "scnet50" in err
 
 
 @pytest.mark.parametrize(

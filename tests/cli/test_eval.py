@@ -152,33 +152,12 @@ def test_bad_input_is_one_line_and_exit_2(case, files, tmp_path, capsys):
     assert out == "" and not out_json.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_as_a_process_has_no_traceback(files, tmp_path):
     cmd = [sys.executable, "-m", "scnet.cli.eval", "--checkpoint", str(files["bare"]), "--data", str(files["data"])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("scnet-eval: error:") and proc.stderr.count("\n") == 1, proc.stderr
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_count_what_one_does(files, tmp_path, capsys):
-    common = ["--checkpoint", str(files["random"]), "--data", str(files["data"]), "--real-labels", str(files["real"])]
-    common += ["--workers", "0", "--batch-size", "4", "--device", "cpu"]
-    assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
-    capsys.readouterr()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    proc = subprocess.run(
-        [*torchrun, "-m", "scnet.cli.eval", *common, "--json", str(tmp_path / "two.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("top-5") == 1  # rank 0 alone prints
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    assert (one["world_size"], two["world_size"]) == (1, 2)
-    for key in ("images", "top1", "top5", "real_top1", "real_images"):
-        assert two[key] == one[key], key
-    assert two["images"] == TOTAL
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +189,9 @@ def test_bad_file_is_skipped_and_listed(files, bad_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsys):
+def test_torchrun_two_processes_count_what_one_does(files, bad_data, tmp_path, capsys):
+    """Two processes count every image once, as one process does (ReaL included), and skip a bad file on each
+    rank; rank 0 alone prints and warns."""
     root, bad = bad_data
     # A second bad file, so that each rank meets one: rank 0 reads samples 0, 2, 4, 6 and rank 1 samples
     # 1, 3, 5; c's first file is sample 3 (rank 1), its second (the fixture's) sample 4 (rank 0).
@@ -219,7 +200,7 @@ def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsy
     shutil.copytree(root, data)
     (data / "val" / "c" / other.name).write_bytes(b"")
     common = ["--checkpoint", str(files["random"]), "--data", str(data), "--workers", "0", "--batch-size", "4"]
-    common += ["--device", "cpu"]
+    common += ["--device", "cpu", "--real-labels", str(files["real"])]
     assert main([*common, "--json", str(tmp_path / "one.json")]) == 0
     capsys.readouterr()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
@@ -233,7 +214,8 @@ def test_torchrun_skips_bad_files_on_every_rank(files, bad_data, tmp_path, capsy
     assert proc.stdout.count(f"({TOTAL - 2} images, 2 skipped,") == 1
     assert proc.stderr.count("scnet-eval: warning:") == 1  # rank 0 alone, naming every rank's files
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    for key in ("images", "top1", "top5"):
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    for key in ("images", "top1", "top5", "real_top1", "real_images"):
         assert two[key] == one[key], key
     expected = sorted(str(data / "val" / "c" / p.name) for p in (bad, other))
     assert two["images"] == TOTAL - 2 and sorted(two["skipped"]) == sorted(one["skipped"]) == expected

@@ -170,6 +170,7 @@ def test_torchscript(files, reference, tmp_path, capsys):
             module(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_onnx(files, reference, tmp_path, capsys):
     require_extra("export", "onnx", "onnxscript", "onnxruntime")
     import onnxruntime as ort
@@ -245,6 +246,7 @@ def test_bad_input(files, tmp_path, capsys):
     _one_line_error(err, "--atol")
 
 
+@pytest.mark.slow
 def test_missing_onnx_packages_say_how_to_install(files, tmp_path):
     """A real process in which onnxscript cannot be imported (None in sys.modules is Python's own way)."""
     code = (

@@ -137,6 +137,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*scnet_data(), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_demo(tmp_path):
     out = tmp_path / "cli"
     proc = run_cli("demo", "--out", str(out), "--train-per-class", "3", "--val-per-class", "2")

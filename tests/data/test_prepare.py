@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -180,10 +179,11 @@ def stats(out: Path) -> dict[str, tuple[int, int, int]]:
     }
 
 
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "scnet.cli.data", "prepare-imagenet", *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """``scnet-data prepare-imagenet ARGS`` through its entry point in this process: (status, stdout, stderr)."""
+    code = data_main(["prepare-imagenet", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def check_class_files(out: Path) -> None:
@@ -192,19 +192,19 @@ def check_class_files(out: Path) -> None:
     assert (out / "class_names.txt").read_text() == "".join(f"{w}\t{words[w]}\n" for w in SORTED_WNIDS)
 
 
-def test_official_release_cli(tmp_path):
+def test_official_release_cli(tmp_path, capsys):
     expected = make_official(tmp_path / "src")
-    proc = run_cli("--src", tmp_path / "src", "--out", tmp_path / "out")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, stdout, stderr = run_cli(capsys, "--src", tmp_path / "src", "--out", tmp_path / "out")
+    assert code == 0, stdout + stderr
     out = tmp_path / "out"
     assert tree(out) == expected  # every file, bytes identical, nothing else (no temporaries)
     # The ground truth + meta.mat place val 2 and 3 (ID 1) under the kit fox, not under sorted class 0.
     assert (out / "val/n02119789" / val_name(2)).read_bytes() == val_images()[val_name(2)][1]
     assert not (out / "val/n01440764" / val_name(2)).exists()
     check_class_files(out)
-    assert proc.stdout.splitlines()[-1] == "complete"
-    assert "train: 12 of 12" in proc.stdout and "val: 6 of 6" in proc.stdout
-    assert "100%" in proc.stderr  # the progress bars go to stderr
+    assert stdout.splitlines()[-1] == "complete"
+    assert "train: 12 of 12" in stdout and "val: 6 of 6" in stdout
+    assert "100%" in stderr  # the progress bars go to stderr
 
 
 def test_official_release_resume(tmp_path):
@@ -259,14 +259,14 @@ def test_official_release_resume(tmp_path):
     assert "EXTRA 1 file under out/val that the source does not put there" in report.summary()
 
 
-def test_missing_pieces_cli(tmp_path):
+def test_missing_pieces_cli(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     expected = make_official(src, drop_class="n02100735", drop_val=val_name(4))
-    proc = run_cli("--src", src, "--out", out, "--quiet")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr == ""  # --quiet: no progress bar
-    assert "n02100735" in proc.stdout and val_name(4) in proc.stdout
-    assert "INCOMPLETE" in proc.stdout
+    code, stdout, stderr = run_cli(capsys, "--src", src, "--out", out, "--quiet")
+    assert code == 1, stdout + stderr
+    assert stderr == ""  # --quiet: no progress bar
+    assert "n02100735" in stdout and val_name(4) in stdout
+    assert "INCOMPLETE" in stdout
     assert tree(out) == expected  # the rest is prepared all the same
 
     # Re-run (the val marker now records the gap): the same report, from the function.

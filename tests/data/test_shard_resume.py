@@ -73,6 +73,7 @@ def assert_same(got: list[Batch], want: list[Batch]) -> None:
         assert g.replaced == w.replaced, f"batch {j}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [False, True], ids=["good", "bad"])
 @pytest.mark.parametrize(("workers", "batch_size"), [(0, 4), (2, 3), (2, 4)])
 def test_resume_after_k_batches_is_exact(folders, workers, batch_size, bad, tmp_path):

@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 from collections import Counter
@@ -18,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from scnet.cli.data import main as data_main
 from scnet.data.decode import BadImageError, decode_rgb
 from scnet.data.demo import make_demo
 from scnet.data.loader import collate
@@ -289,15 +288,15 @@ def test_damaged_shard_is_named(shards, tmp_path):
         ShardDataset(folder)
 
 
-def test_cli_make_shards(tree, tmp_path):
+@pytest.mark.slow
+def test_cli_make_shards(tree, tmp_path, capsys):
+    """Through scnet-data's entry point in this process (tests/data/test_demo.py runs the installed script)."""
     out = tmp_path / "cli"
-    script = Path(sys.executable).with_name("scnet-data")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "scnet.cli.data"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     args = ["make-shards", "--data", str(tree), "--out", str(out), "--shard-size", "4", "--splits", "val"]
-    proc = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"val: {NUM['val']} samples in 3 shards under {out}/val"
+    code = data_main(args)
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert stdout.strip() == f"val: {NUM['val']} samples in 3 shards under {out}/val"
     assert sorted(p.name for p in (out / "val").iterdir()) == [
         "index.json",
         "val-000000.tar",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from scnet.cli.train import main as train_main
 from scnet.config import load_config
 from scnet.engine.train import NonFiniteLossError, train
 
@@ -38,13 +37,13 @@ def _diverging(demo: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_stops_at_the_first_nonfinite_loss_with_its_step_and_keeps_the_last_checkpoint(demo, tmp_path):
+def test_stops_at_the_first_nonfinite_loss_with_its_step_and_keeps_the_last_checkpoint(demo, tmp_path, capsys):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scnet.cli.train", "--config", str(QUICKSTART), *_diverging(demo, out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("scnet-train: error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
+    code = train_main(["--config", str(QUICKSTART), *_diverging(demo, out)])
+    stderr = capsys.readouterr().err
+    assert code == 1, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("scnet-train: error:")]
+    assert len(errors) == 1, stderr[-2000:]
     assert "non-finite training loss at epoch 1 step 3 (global step 3)" in errors[0]
     assert f"last good checkpoint: {out / 'last.pth'}" in errors[0] and "train.skip_nonfinite" in errors[0]
     # The checkpoint is the one written after step 2, readable, and holds no NaN/inf: the bad step never

@@ -68,6 +68,7 @@ def _run(data: Path, out: Path, recipe: str, workers: int) -> tuple[dict, list[d
     return state, [{k: v for k, v in line.items() if k in STABLE} for line in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(CASES))
 def test_two_runs_of_a_recipe_are_bit_identical(tiny, tmp_path, recipe):
     first, first_metrics = _run(tiny, tmp_path / "first", recipe, workers=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -139,30 +138,6 @@ def test_bad_input_is_one_line_and_writes_nothing(demo, reference_run, tmp_path,
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_gloo(demo, tmp_path):
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        "-m",
-        "scnet.cli.train",
-        "--config",
-        str(QUICKSTART),
-        *_overrides(demo, out, epochs=1),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1  # only rank 0 writes
-    state = torch.load(out / "last.pth", weights_only=True)
-    assert state["epoch"] == 1 and len(state["rng"]) == 2  # both ranks' RNG states
-    assert proc.stderr.count("epoch=1 ") == 1  # only rank 0 prints
-
-
 def test_accumulation_clipping_ema_amp_and_step_checkpoints(demo, tmp_path):
     """The optional paths of the loop run together: 2 accumulation steps, clipping, EMA (evaluated too),
     bf16 autocast, mixup, and a checkpoint every 2 optimizer steps."""

@@ -60,6 +60,7 @@ def _eval(capsys, tmp_path: Path, *args) -> dict:
 # 1. A data path is never invented
 
 
+@pytest.mark.slow
 def test_mistyped_data_root_is_one_line_and_creates_nothing(tmp_path):
     typed = tmp_path / "imagnet"
     cmd = [sys.executable, "-m", "scnet.cli.train", "--config", str(QUICKSTART)]
@@ -76,6 +77,7 @@ def test_mistyped_data_root_is_one_line_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no images at the typed path, no output_dir, no data/demo
 
 
+@pytest.mark.slow
 def test_demo_by_name_is_the_set_at_data_demo(tmp_path, monkeypatch, capsys):
     """`data.root=demo` trains on <cwd>/data/demo, completing it with its own sizes (not the default 1,200),
     and `scnet-eval --data demo` (or data/demo, as the README writes it) evaluates the same set."""
@@ -166,6 +168,7 @@ def _partial_overrides(partial: dict[str, Path], out: Path, *extra: str) -> list
     return _overrides(partial["root"], out, f"model.pretrained={partial['crafted']}", "optim.lr=1e-12", *extra)
 
 
+@pytest.mark.slow
 def test_val_split_labelled_by_training_classes_and_bad_files_skipped(partial, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(["--config", str(QUICKSTART), *_partial_overrides(partial, out)]) == 0

@@ -43,6 +43,7 @@ VGG16 = {2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256), 12: (256, 256
 VGG16 |= {17: (256, 512), 19: (512, 512), 21: (512, 512), 24: (512, 512), 26: (512, 512), 28: (512, 512)}
 
 
+@pytest.mark.slow
 def test_vgg16_without_normalisation():
     torch.manual_seed(0)
     model = torchvision.models.vgg16(weights=None, num_classes=10)
@@ -215,6 +216,7 @@ def test_create_model_names_and_options_are_checked():
         assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_pretrained_plain_weights_load_before_the_conversion(tmp_path):
     torch.manual_seed(1)
     plain = timm.create_model("resnet18", num_classes=4)

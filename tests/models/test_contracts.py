@@ -138,6 +138,7 @@ def test_torchscript_gives_the_eager_outputs(name, mode):
             _close(got[key].float(), want[key].float(), msg=key)
 
 
+@pytest.mark.slow
 def test_torchscript_runs_the_fused_reductions_in_training_only():
     """In training, scripted code takes the fused 1x1 path (one conv for both reductions), as eager code does; in
     evaluation both run the layers one by one, the arithmetic of FX graphs."""

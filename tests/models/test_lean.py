@@ -155,7 +155,6 @@ def test_grad_checkpointing_with_lean_kernels():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-8 * float(q.grad.abs().max()), msg=n)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("name", "baseline"), [("scnet50", "resnet50"), ("sc_resnext50_32x4d", "resnext50_32x4d")])
 def test_saved_activations_within_five_percent_of_the_baseline(name, baseline):
     """The issue's memory goal at 224 px: an SC model keeps at most 1.05x its ResNet's saved activations."""

@@ -13,7 +13,7 @@ import torch
 
 from scnet.engine import checkpoint as ckpt
 
-from .harness import ENV, REPO, assert_same_weights, leftovers, run, train_command, weights
+from .harness import ENV, REPO, assert_same_weights, leftovers, run, run_here, train_command, weights
 
 
 def test_no_space_left_keeps_the_previous_file(tmp_path):
@@ -56,7 +56,7 @@ def _file_size_limit(limit: int):
 @pytest.mark.slow
 def test_run_stops_in_one_line_and_resumes_when_space_is_back(demo, reference_run, tmp_path):
     out = tmp_path / "run"
-    assert run(train_command(demo, out, epochs=1)).returncode == 0
+    assert run_here(train_command(demo, out, epochs=1)) == 0
     kept = {name: (out / name).read_bytes() for name in ("last.pth", "last.prev.pth", "best.pth")}
     # Every checkpoint is about the same size: half of one fails the next checkpoint, nothing smaller.
     result = run(train_command(demo, out), preexec_fn=_file_size_limit(len(kept["last.pth"]) // 2))

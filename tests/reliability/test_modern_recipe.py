@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import KILLED, REPO, assert_same_weights, leftovers, run, stable_metrics, weights
+from .harness import KILLED, REPO, assert_same_weights, leftovers, run, run_here, stable_metrics, weights
 
 MODERN = REPO / "configs" / "_base_" / "recipe_modern.yaml"
 
@@ -44,18 +44,17 @@ def modern_command(data: Path, out: Path) -> list[str]:
 
 
 # N = the N-th pass of the new process. Checkpoints at global steps 2, 4 and at the epoch ends (5, 10).
+# (A kill during validation, as test_kills.py has, would add nothing this recipe changes.)
 CHAIN = (
     "step:3",  # step 3's two micro-batches done, the weights not yet updated; resumes from step 2 (mid-epoch)
-    "eval:1",  # in epoch 1's validation; resumes from step 4's checkpoint
     "epoch_end:1",  # epoch 1's best.pth and last.pth written, its metrics.jsonl line not yet
 )
 
 
 @pytest.mark.slow
-def test_modern_recipe_killed_three_times_ends_as_if_never_killed(demo, tmp_path):
+def test_modern_recipe_killed_twice_ends_as_if_never_killed(demo, tmp_path):
     straight = tmp_path / "straight"
-    result = run(modern_command(demo, straight))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_here(modern_command(demo, straight)) == 0
     out = tmp_path / "run"
     for fault in CHAIN:
         result = run(modern_command(demo, out), fault=fault)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from .harness import ENV, KILLED, REPO, assert_same_weights, leftovers, overrides, run, weights
 from .harness import QUICKSTART as CONFIG
@@ -60,6 +61,17 @@ def test_torchrun_restarts_on_the_shared_store_are_warned_about(reference2_run):
     stderr = reference2_run[1]
     warnings = [line for line in stderr.splitlines() if "pytorch/pytorch#135712" in line]
     assert len(warnings) == 1 and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in warnings[0], stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_write_and_print_once(reference2_run):
+    """Rank 0 alone writes metrics.jsonl and prints the epoch lines; the checkpoint keeps both ranks' RNG states."""
+    out, stderr = reference2_run
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert stderr.count("epoch=1 ") == 1 and stderr.count("epoch=2 ") == 1
+    state = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # seeded seed + rank
 
 
 @pytest.mark.slow
@@ -125,9 +137,10 @@ def test_survivor_of_a_dead_peer_stops_in_one_line(demo, tmp_path):
     err = rank0.communicate(timeout=TIMEOUT + 60)[1]
     assert rank0.returncode == 1, err[-3000:]
     assert time.monotonic() - started < TIMEOUT + 60
-    (line,) = _error_lines(err)
-    assert line.startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (")
-    assert f"train.dist_timeout={TIMEOUT} s; last checkpoint: {out / 'last.pth'}; restart" in line
+    lines = _error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (")
+    assert f"train.dist_timeout={TIMEOUT} s; last checkpoint: {out / 'last.pth'}; restart" in lines[0]
 
 
 @pytest.mark.slow
@@ -146,5 +159,6 @@ def test_survivor_of_a_hung_peer_stops_after_the_timeout(demo, tmp_path):
         rank1.communicate()
     assert rank0.returncode == 1, err[-3000:]
     assert TIMEOUT - 1 < waited < TIMEOUT + 60, waited
-    (line,) = _error_lines(err)
-    assert line.startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (Timed out")
+    lines = _error_lines(err)
+    assert len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (Timed out")

@@ -73,6 +73,7 @@ def test_help_and_usage_errors(tmp_path):
     assert sorted(p.name for p in full.iterdir()) == ["old.json"]
 
 
+@pytest.mark.slow
 def test_preflight_failure_stops_the_run_and_names_the_step(tmp_path):
     out = tmp_path / "out"
     result = _run("--dry-run", "--out", str(out), "--models", "scnet50,no_such_net")
@@ -82,6 +83,7 @@ def test_preflight_failure_stops_the_run_and_names_the_step(tmp_path):
     assert not (out / "json").exists() or not any((out / "json").iterdir())
 
 
+@pytest.mark.slow
 def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
     """A budget too small for any step: each is skipped and says so, the dependants name what they wait for."""
     out = tmp_path / "out"
@@ -96,6 +98,7 @@ def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
     assert "skipped: time budget" in _row(report, "scnet50", "train", "compiled")
 
 
+@pytest.mark.slow
 def test_only_runs_the_selected_steps(tmp_path):
     out = tmp_path / "out"
     result = _run("--dry-run", "--out", str(out), "--only", "infer-eager-* loader")

@@ -54,7 +54,7 @@ def _stamps(folder: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_run_is_resumable_and_reports_what_scnet_eval_prints(demo, tmp_path):
+def test_run_is_resumable_and_reports_what_scnet_eval_prints(demo, tmp_path, capsys):
     out = tmp_path / "tables"
     # 1. Stop the runner while it trains the first row (after step 2 of 5): its trainer checkpoints.
     proc = subprocess.Popen(_table(demo, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=ENV, cwd=REPO)
@@ -101,35 +101,30 @@ def test_run_is_resumable_and_reports_what_scnet_eval_prints(demo, tmp_path):
     csv_lines = (out / "backbones.csv").read_text().splitlines()
     assert csv_lines[0].startswith("row,model,") and len(csv_lines) == 1 + 12
 
-    # 4. Once more: nothing is retrained or re-evaluated.
+    # 4. Once more (from here on through the entry point in this process): nothing is retrained or re-evaluated.
     before = {row: _stamps(out / "backbones" / row) for row in ROWS}
-    again = subprocess.run(_table(demo, out), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("trained already") == 2 and again.stderr.count("evaluated already") == 2
+    capsys.readouterr()
+    assert main(_table(demo, out)[3:]) == 0
+    err = capsys.readouterr().err
+    assert err.count("trained already") == 2 and err.count("evaluated already") == 2
     assert {row: _stamps(out / "backbones" / row) for row in ROWS} == before
 
     # 5. Another recipe in the same folder is refused, not mixed in.
-    other = subprocess.run(
-        _table(demo, out, "optim.lr=0.5"), capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300
-    )
-    assert other.returncode == 2 and "optim.lr=0.1" in other.stderr and other.stderr.count("\n") == 1
+    assert main(_table(demo, out, "optim.lr=0.5")[3:]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr=0.1" in err and err.count("\n") == 1
 
     # 6. show renders what is there and draws the figure (the plot extra; without it, the line saying so).
-    shown = subprocess.run(
-        [sys.executable, "-m", "scnet.cli.table", "show", "backbones", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-    )
-    assert shown.returncode == 0, shown.stderr
-    assert "| scnet50 | scnet50 |" in shown.stdout
+    assert main(["show", "backbones", "--out", str(out)]) == 0
+    shown = capsys.readouterr()
+    assert "| scnet50 | scnet50 |" in shown.out
     if has_module("matplotlib"):
         assert (out / "backbones.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
-        assert "pip install 'scnet[plot]'" in shown.stderr and not (out / "backbones.png").exists()
+        assert "pip install 'scnet[plot]'" in shown.err and not (out / "backbones.png").exists()
 
 
+@pytest.mark.slow
 def test_show_watches_a_partial_run_and_says_how_to_get_matplotlib(tmp_path):
     """A row still training shows its progress; without matplotlib the table still renders, with a hint."""
     folder = tmp_path / "backbones" / "scnet50"
