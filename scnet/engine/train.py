@@ -52,8 +52,19 @@ class PeerLostError(RuntimeError):
     """Another process of a multi-process run died or stopped answering: one line for the user, on every rank."""
 
 
-# What gloo and NCCL say when a peer is gone or silent (they raise plain RuntimeErrors).
-_PEER_LOST = ("Connection reset", "Connection closed", "Broken pipe", "Timed out", "timed out", "NCCL", "gloo")
+# What gloo and NCCL say when a peer is gone or silent (they raise plain RuntimeErrors). gloo's wait for a
+# stopped peer inside DDP's buffer broadcast ends in "Application timeout caused pair closure".
+_PEER_LOST = (
+    "Connection reset",
+    "Connection closed",
+    "Broken pipe",
+    "Timed out",
+    "timed out",
+    "timeout",
+    "pair closure",
+    "NCCL",
+    "gloo",
+)
 
 
 def _peer_lost(e: BaseException, info: DistInfo, timeout: int, out: Path) -> PeerLostError | None:

@@ -162,3 +162,24 @@ def test_survivor_of_a_hung_peer_stops_after_the_timeout(demo, tmp_path):
     lines = _error_lines(err)
     assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("scnet-train: error: rank 0 of 2: lost the other processes of the run (Timed out")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Application timeout caused pair closure",  # gloo, a SIGSTOPped peer during DDP's buffer broadcast
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1234: Connection reset by peer",
+    ],
+)
+def test_what_gloo_says_about_a_lost_peer_becomes_the_one_line(tmp_path, text):
+    """The texts gloo raised in these tests' runs (plain RuntimeErrors) are read as a lost peer."""
+    from scnet.engine.distributed import DistInfo
+    from scnet.engine.train import PeerLostError, _peer_lost
+
+    info = DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    lost = _peer_lost(RuntimeError(text), info, TIMEOUT, tmp_path)
+    assert isinstance(lost, PeerLostError)
+    assert str(lost).startswith("rank 1 of 2: lost the other processes of the run (")
+    assert "no checkpoint written yet" in str(lost)
+    assert _peer_lost(RuntimeError(text), DistInfo(0, 1, 0, torch.device("cpu")), TIMEOUT, tmp_path) is None
+    assert _peer_lost(RuntimeError("CUDA out of memory"), info, TIMEOUT, tmp_path) is None
