@@ -591,6 +591,9 @@ def _train(cfg: Config, resume: str | None, info: DistInfo) -> dict[str, Any]:
                     return {"preempted": True, "epoch": epoch, "step": step}
             bar.close()
             step_in_epoch = 0
+            # The schedule's lr at the epoch's last step, applied or skipped as non-finite: defined even when
+            # every step of a (resumed) epoch was skipped, and the same for a resumed and an uninterrupted run.
+            lr = optimizer.param_groups[0]["lr"]
             scheduler.step(epoch + 1)
             epoch_time = time.perf_counter() - t0
             metrics = {

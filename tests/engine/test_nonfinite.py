@@ -54,11 +54,22 @@ def test_stops_at_the_first_nonfinite_loss_with_its_step_and_keeps_the_last_chec
     assert not (out / "metrics.jsonl").exists()  # the epoch never finished
 
 
-def test_skips_up_to_n_nonfinite_steps_and_counts_them(demo, tmp_path):
-    """Steps 3-5 diverge: with 3 allowed, the epoch ends with the weights and BN statistics of step 2."""
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def skipping_run(demo, tmp_path_factory) -> Path:
+    """Steps 3-5 diverge and 3 skips are allowed: the epoch ends."""
+    out = tmp_path_factory.mktemp("skipping") / "run"
     train(load_config(QUICKSTART, _diverging(demo, out, "train.skip_nonfinite=3")))
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return out
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_skips_up_to_n_nonfinite_steps_and_counts_them(skipping_run):
+    """Steps 3-5 diverge: with 3 allowed, the epoch ends with the weights and BN statistics of step 2."""
+    out = skipping_run
+    metrics = _metrics(out)
     assert len(metrics) == 1 and metrics[0]["nonfinite_steps"] == 3
     assert math.isfinite(metrics[0]["train_loss"])  # the mean over the two finite steps
     end = torch.load(out / "last.pth", weights_only=True)  # written at the epoch's end
@@ -74,3 +85,23 @@ def test_stops_when_more_steps_diverge_than_allowed(demo, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"at epoch 1 step 4 .*more than train\.skip_nonfinite=1"):
         train(load_config(QUICKSTART, _diverging(demo, out, "train.skip_nonfinite=1")))
     assert torch.load(out / "last.pth", weights_only=True)["global_step"] == 2
+
+
+def test_a_stopped_run_resumed_with_skips_allowed_ends_as_one_that_skipped_from_the_start(demo, tmp_path, skipping_run):
+    """What the stop message suggests: set train.skip_nonfinite and resume. Every step the resumed process runs
+    (3-5) is skipped, so no step of its first epoch is applied; the epoch still ends, and its metrics (the lr the
+    schedule reached, the loss of steps 1-2, 3 skipped steps) and weights are those of the run that skipped them
+    from the start."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1 step 3 "):
+        train(load_config(QUICKSTART, _diverging(demo, out)))
+    train(load_config(QUICKSTART, _diverging(demo, out, "train.skip_nonfinite=3")), resume="auto")
+    times = {"epoch_time", "images_per_second", "data_wait"}
+    got, want = _metrics(out), _metrics(skipping_run)
+    assert [{k: v for k, v in m.items() if k not in times} for m in got] == [
+        {k: v for k, v in m.items() if k not in times} for m in want
+    ]
+    assert isinstance(got[0]["lr"], float)
+    end, reference = (torch.load(d / "last.pth", weights_only=True) for d in (out, skipping_run))
+    for key, value in reference["model"].items():
+        assert torch.equal(end["model"][key], value), key
