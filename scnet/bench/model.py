@@ -16,8 +16,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import timm
 import torch
@@ -26,13 +26,9 @@ from torch import nn
 
 import scnet
 from scnet.models import BASELINES
+from scnet.runtime.precision import AMP_DTYPES, autocast
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYERWISE = ":layerwise"
-
-
-def _autocast(device_type: str, amp_dtype: torch.dtype | None) -> AbstractContextManager:
-    return torch.autocast(device_type=device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
 
 def saved_activation_bytes(
@@ -91,7 +87,7 @@ def saved_activation_bytes(
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with _autocast(x.device.type, amp_dtype):
+        with autocast(x.device.type, amp_dtype):
             loss = F.cross_entropy(model(x), y)
     del loss  # frees the graph and what it saved
     return sum(counted.values())
@@ -139,7 +135,7 @@ def _train_step(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 and x.device.type == "cuda" else None
 
     def step() -> None:
-        with _autocast(x.device.type, amp_dtype):
+        with autocast(x.device.type, amp_dtype):
             loss = F.cross_entropy(model(x), y)
         if scaler is None:
             loss.backward()
@@ -157,7 +153,7 @@ def _infer_step(model: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None
     """One forward pass in inference mode (the caller has set ``eval()``)."""
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(x.device.type, amp_dtype):
+        with torch.inference_mode(), autocast(x.device.type, amp_dtype):
             model(x)
 
     return step
@@ -194,6 +190,129 @@ def _device_name(device: torch.device) -> str:
 
 def _log_to_stderr(message: str) -> None:
     print(f"scnet-bench model: {message}", file=sys.stderr, flush=True)
+
+
+def _check_settings(
+    model: str, vs: str | None, amp: str, steps: int, warmup: int, batch_size: int, compile: bool, device: str | None
+) -> tuple[str, torch.device]:
+    """The model to compare with (``model``'s baseline by default) and the device; ValueError for bad settings."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError("need steps >= 1, warmup >= 0 and batch size >= 1")
+    if compile and warmup < 1:
+        raise ValueError("compiling needs warmup >= 1: the first step of each model compiles it")
+    base_a, _ = _split_name(model)
+    if vs is None:
+        if base_a not in BASELINES:
+            raise ValueError(f"{model!r} has no default baseline (not an SC model); name one with --vs")
+        vs = BASELINES[base_a]
+    _split_name(vs)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine")
+    return vs, dev
+
+
+def _build_side(
+    name: str,
+    dev: torch.device,
+    memory_format: torch.memory_format,
+    train: bool,
+    compile: bool,
+    compile_backend: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+    log: Callable[[str], None],
+) -> _Side:
+    """One side of the comparison: the model, what runs (compiled or not) and its step."""
+    log(f"building {name} on {_device_name(dev)}")
+    base, layerwise = _split_name(name)
+    module = scnet.create_model(base).to(dev, memory_format=memory_format)
+    if layerwise:
+        module.set_fused(False)
+    module.train(train)
+    run = torch.compile(module, backend=compile_backend) if compile else module
+    if train:
+        step, opt = _train_step(run, x, y, amp_dtype)
+    else:
+        step, opt = _infer_step(run, x, amp_dtype), None
+    return _Side(name, module, run, step, opt)
+
+
+def _saved_bytes(
+    side: _Side,
+    measured: str,
+    train: bool,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+    log: Callable[[str], None],
+) -> int:
+    """What one training forward of ``side`` saves for backward (its compiled or eager module)."""
+    log(f"counting the activations {side.name} saves for backward ({measured})")
+    target = side.run if measured == "compiled" else side.module
+    side.module.train()
+    saved = saved_activation_bytes(target, x, y, amp_dtype)
+    side.module.train(train)
+    return saved
+
+
+def _random_batch(
+    batch_size: int, image_size: int, dev: torch.device, memory_format: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random images and labels for both sides (seed 0)."""
+    torch.manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
+    return x, torch.randint(0, 1000, (batch_size,), device=dev)
+
+
+def _time_alternating(sides: list[_Side], steps: int, dev: torch.device) -> None:
+    """``steps`` timed steps of each side, alternating, so that drift in the machine's speed hits both."""
+    for _ in range(steps):
+        for side in sides:
+            _sync(dev)
+            start = time.perf_counter()
+            side.step()
+            _sync(dev)
+            side.times.append(time.perf_counter() - start)
+
+
+def _result(
+    sides: list[_Side],
+    saved: list[int],
+    peaks: list[int | None],
+    measured: str,
+    dev: torch.device,
+    settings: dict[str, Any],
+    train: bool,
+) -> dict[str, Any]:
+    """The JSON-ready result of :func:`bench_model` from the two sides' step times and memory."""
+    seconds = [statistics.median(side.times) for side in sides]
+    ips = [settings["batch_size"] / s for s in seconds]
+    per_image = [b / settings["batch_size"] for b in saved]
+    return {
+        "model": sides[0].name,
+        "baseline": sides[1].name,
+        "mode": "train" if train else "infer",
+        "images_per_second": ips[0],
+        "baseline_images_per_second": ips[1],
+        "ratio": ips[0] / ips[1],
+        "step_seconds": seconds[0],
+        "baseline_step_seconds": seconds[1],
+        "saved_bytes_per_image": per_image[0],
+        "baseline_saved_bytes_per_image": per_image[1],
+        "saved_ratio": per_image[0] / per_image[1] if per_image[1] else None,
+        "saved_bytes_measured": measured,
+        "peak_memory_bytes": peaks[0],
+        "baseline_peak_memory_bytes": peaks[1],
+        "device": _device_name(dev),
+        **settings,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def bench_model(
@@ -243,107 +362,54 @@ def bench_model(
         ValueError: an unknown model name or suffix, no default baseline for ``model``, CUDA asked for but not
             available, or settings out of range.
     """
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
-    if steps < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError("need steps >= 1, warmup >= 0 and batch size >= 1")
-    if compile and warmup < 1:
-        raise ValueError("compiling needs warmup >= 1: the first step of each model compiles it")
-    base_a, _ = _split_name(model)
-    if vs is None:
-        if base_a not in BASELINES:
-            raise ValueError(f"{model!r} has no default baseline (not an SC model); name one with --vs")
-        vs = BASELINES[base_a]
-    _split_name(vs)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA is not available on this machine")
+    vs, dev = _check_settings(model, vs, amp, steps, warmup, batch_size, compile, device)
     if threads is not None:
         torch.set_num_threads(threads)
     amp_dtype = AMP_DTYPES[amp]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    torch.manual_seed(0)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
-    y = torch.randint(0, 1000, (batch_size,), device=dev)
-
-    sides: list[_Side] = []
-    for name in (model, vs):
-        log(f"building {name} on {_device_name(dev)}")
-        base, layerwise = _split_name(name)
-        module = scnet.create_model(base).to(dev, memory_format=memory_format)
-        if layerwise:
-            module.set_fused(False)
-        module.train(train)
-        run = torch.compile(module, backend=compile_backend) if compile else module
-        if train:
-            step, opt = _train_step(run, x, y, amp_dtype)
-        else:
-            step, opt = _infer_step(run, x, amp_dtype), None
-        sides.append(_Side(name, module, run, step, opt))
-
-    for side in sides:
+    x, y = _random_batch(batch_size, image_size, dev, memory_format)
+    sides = [
+        _build_side(name, dev, memory_format, train, compile, compile_backend, x, y, amp_dtype, log)
+        for name in (model, vs)
+    ]
+    for side in sides:  # untimed: the first steps allocate, tune kernels and (compiled) compile
         log(f"warming up {side.name}: {warmup} steps" + (f", compiling ({compile_backend})" if compile else ""))
-        for _ in range(warmup):
-            side.step()
-    _sync(dev)
+        _time_alternating([side], warmup, dev)
+        side.times.clear()
 
     # Saved activations of a training forward. When training compiled, the compiled module is what trains and
     # the hooks see what its graph saves; otherwise the eager module, so that an inference benchmark does not
     # compile a training graph just for this.
     measured = "compiled" if compile and train else "eager"
-    saved = []
-    for side in sides:
-        log(f"counting the activations {side.name} saves for backward ({measured})")
-        target = side.run if measured == "compiled" else side.module
-        side.module.train()
-        saved.append(saved_activation_bytes(target, x, y, amp_dtype))
-        side.module.train(train)
-
+    saved = [_saved_bytes(side, measured, train, x, y, amp_dtype, log) for side in sides]
     peaks: list[int | None] = [None, None]
     if dev.type == "cuda":
         peaks = [_peak_memory(side, dev) for side in sides]
 
     log(f"timing {steps} steps of each, alternating {model} and {vs}")
-    for _ in range(steps):
-        for side in sides:  # alternate, so drift in the machine's speed hits both
-            _sync(dev)
-            start = time.perf_counter()
-            side.step()
-            _sync(dev)
-            side.times.append(time.perf_counter() - start)
+    _time_alternating(sides, steps, dev)
 
-    seconds = [statistics.median(side.times) for side in sides]
-    ips = [batch_size / s for s in seconds]
-    per_image = [b / batch_size for b in saved]
-    result = {
-        "model": model,
-        "baseline": vs,
-        "mode": "train" if train else "infer",
-        "images_per_second": ips[0],
-        "baseline_images_per_second": ips[1],
-        "ratio": ips[0] / ips[1],
-        "step_seconds": seconds[0],
-        "baseline_step_seconds": seconds[1],
-        "saved_bytes_per_image": per_image[0],
-        "baseline_saved_bytes_per_image": per_image[1],
-        "saved_ratio": per_image[0] / per_image[1] if per_image[1] else None,
-        "saved_bytes_measured": measured,
-        "peak_memory_bytes": peaks[0],
-        "baseline_peak_memory_bytes": peaks[1],
-        "device": _device_name(dev),
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "amp": amp,
-        "channels_last": channels_last,
-        "compile": compile,
-        "compile_backend": compile_backend if compile else None,
-        "steps": steps,
-        "warmup": warmup,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    result = _result(
+        sides,
+        saved,
+        peaks,
+        measured,
+        dev,
+        settings={
+            "batch_size": batch_size,
+            "image_size": image_size,
+            "amp": amp,
+            "channels_last": channels_last,
+            "compile": compile,
+            "compile_backend": compile_backend if compile else None,
+            "steps": steps,
+            "warmup": warmup,
+        },
+        train=train,
+    )
+    ips = [result["images_per_second"], result["baseline_images_per_second"]]
+    per_image = [result["saved_bytes_per_image"], result["baseline_saved_bytes_per_image"]]
     log(
         f"{model} {ips[0]:.1f} img/s, {vs} {ips[1]:.1f} img/s, ratio {result['ratio']:.3f} (> 1: {model} faster); "
         f"saved for backward {per_image[0] / 2**20:.1f} vs {per_image[1] / 2**20:.1f} MiB/image"
