@@ -1,4 +1,5 @@
-"""Figures of model explanations: the input image, then one Grad-CAM heat map per model, side by side.
+"""Figures: the one matplotlib guard (:func:`pyplot`), and the Grad-CAM figure (the input image, then one heat
+map per model, side by side).
 
 matplotlib is an optional extra (``pip install 'scnet[plot]'``), imported only when a figure is drawn.
 """
@@ -34,10 +35,11 @@ def require_matplotlib() -> None:
     Raises:
         MissingMatplotlib: matplotlib is not installed; the message says how to install it.
     """
-    _pyplot()
+    pyplot()
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only); :class:`MissingMatplotlib` when it is not installed."""
     try:
         import matplotlib
 
@@ -57,7 +59,7 @@ def save_cam_figure(image: torch.Tensor, panels: list[CamPanel], path: str | Pat
         MissingMatplotlib: matplotlib is not installed.
         OSError: ``path`` cannot be written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     count = 1 + len(panels)
     fig, axes = plt.subplots(
         1, count, figsize=(PANEL_INCHES * count, PANEL_INCHES + TITLE_INCHES), dpi=DPI, squeeze=False

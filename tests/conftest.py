@@ -48,11 +48,11 @@ LONGEST_MODULES = (
     "models/test_ablation_options.py",
     "reliability/test_disk_full.py",
     "reliability/test_modern_recipe.py",
-    "engine/test_train_data.py",
+    "train/test_train_data.py",
     "cli/test_export.py",
     "reliability/test_shard_resume.py",
-    "engine/test_train.py",
-    "engine/test_damaged_checkpoint.py",
+    "train/test_train.py",
+    "train/test_damaged_checkpoint.py",
     "cli/test_eval.py",
 )
 

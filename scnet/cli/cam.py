@@ -1,6 +1,6 @@
 """``scnet-cam``: the SCNet paper's activation-map figure: an image, then each model's Grad-CAM map over it.
 
-Each ``--checkpoint`` is read as ``scnet-eval`` reads it (``scnet.engine.inference``): a training
+Each ``--checkpoint`` is read as ``scnet-eval`` reads it (``scnet.inference.checkpoint``): a training
 checkpoint names its model, SCConv options, classes and evaluation crop; a bare state_dict of the
 original release (or of a timm baseline) needs its architecture. ``--model`` is given once for all the
 checkpoints, or once per checkpoint in their order (``auto`` for one whose config names its model).
@@ -15,10 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from scnet.cli._common import fail
 from scnet.data.decode import load_rgb
-from scnet.engine.cam import grad_cam
-from scnet.engine.inference import LoadedCheckpoint, load_checkpoint
-from scnet.engine.predict import class_names
+from scnet.inference.cam import grad_cam
+from scnet.inference.checkpoint import LoadedCheckpoint, load_checkpoint
+from scnet.inference.predict import class_names
 from scnet.viz import CamPanel, MissingMatplotlib, require_matplotlib, save_cam_figure
 
 PROG = "scnet-cam"
@@ -51,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(error: BaseException | str) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _models(checkpoints: list[str], models: list[str] | None) -> list[str | None]:
     """One architecture (or None: the checkpoint's own) per checkpoint."""
     if not models:
@@ -85,11 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         require_matplotlib()  # before any model runs
     except MissingMatplotlib as e:
-        return _fail(e)
+        return fail(PROG, e)
     if args.image_size is not None and args.image_size < 1:
-        return _fail(f"--image-size must be positive, got {args.image_size}")
+        return fail(PROG, f"--image-size must be positive, got {args.image_size}")
     if args.target is not None and args.target < 0:
-        return _fail(f"--class must be at least 0, got {args.target}")
+        return fail(PROG, f"--class must be at least 0, got {args.target}")
     try:
         models = _models(args.checkpoint, args.model)
         image_path = Path(args.image)
@@ -97,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{image_path}: no such image file")
         image = load_rgb(image_path)  # BadImageError (a ValueError) names the file
     except ValueError as e:
-        return _fail(e)
+        return fail(PROG, e)
 
     panels: list[CamPanel] = []
     for checkpoint, model_name in zip(args.checkpoint, models, strict=True):
@@ -107,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             x = loaded.preprocess()(crop[None].to(loaded.device))
             result = grad_cam(loaded.model, x, args.layer, args.target)
         except (ValueError, OSError) as e:  # CheckpointError, unknown layer, class out of range
-            return _fail(e)
+            return fail(PROG, e)
         index, prob = int(result.classes[0]), float(result.probs[0])
         label = _class_label(loaded, index)
         print(f"{loaded.name} ({loaded.path.name}): {result.layer}, {label}, p={prob:.3f}")
@@ -117,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = save_cam_figure(panels[0].image, panels, args.out, image_title=f"input ({image_path.name})")
     except (OSError, ValueError) as e:
-        return _fail(f"{args.out}: {e}")
+        return fail(PROG, f"{args.out}: {e}")
     print(f"wrote {out} ({1 + len(panels)} panels)")
     return 0
 

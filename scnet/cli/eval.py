@@ -2,7 +2,7 @@
 
 Reads this project's training checkpoints (model name and options, classes and evaluation image size
 come from their ``config``, unless given here; ``--model`` may only repeat the config's) and the original
-release's bare state_dicts (``--model`` names the architecture), through ``scnet.engine.inference``, the
+release's bare state_dicts (``--model`` names the architecture), through ``scnet.inference.checkpoint``, the
 path every consumer of a checkpoint takes. Labels follow the checkpoint's class list (its training
 split's classes), so a val split that lacks some classes is labelled right; a bare state_dict takes
 ``<data>/classes.txt`` when present, else the split's sorted folder names. A file that does not decode is
@@ -15,21 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from scnet.cli._common import choose_device, fail
 from scnet.data.builtin import DEMO_FOLDER, resolve_root
 from scnet.data.decode import BadImageError
 from scnet.data.loader import skipped_summary
 from scnet.data.shards import ShardError
 from scnet.data.transforms import INTERPOLATIONS
-from scnet.engine.distributed import cleanup_distributed, setup_distributed
-from scnet.engine.evaluate import AMP_DTYPES
-from scnet.engine.inference import DEFAULT_WORKERS, Evaluation, load_checkpoint, prepare_evaluation
+from scnet.inference.accuracy import Evaluation, prepare_evaluation
+from scnet.inference.checkpoint import DEFAULT_WORKERS, load_checkpoint
+from scnet.runtime.distributed import cleanup_distributed, is_main_process, setup_distributed
+from scnet.runtime.precision import AMP_DTYPES
 
 PROG = "scnet-eval"
 
@@ -122,44 +123,30 @@ def _write_json(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def _fail(error: BaseException, show: bool) -> int:
-    if show:
-        message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
 # ----------------------------------------------------------------------------------------------- entry
-
-
-def _device_kind(requested: str | None) -> str:
-    kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but CUDA is not available")
-    return kind
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with one line on stderr)."""
     args = build_parser().parse_args(argv)
     # Launched by torchrun: its environment says so. Rank 0 alone prints and writes.
-    rank = int(os.environ.get("RANK", "0"))
+    main_rank = is_main_process()  # from torchrun's environment: the group does not exist yet
     try:
-        kind = _device_kind(args.device)
+        kind = choose_device(args.device)
     except ValueError as e:
-        return _fail(e, show=rank == 0)
+        return fail(PROG, e, show=main_rank)
     info = setup_distributed(kind)
     try:
         try:
             evaluation = prepare(args, info.device)
         except (ValueError, OSError) as e:
             # Setup reads the same files with the same arguments on every rank: say it once.
-            return _fail(e, show=rank == 0)
+            return fail(PROG, e, show=main_rank)
         try:
             result = evaluation.run()
         except (ValueError, OSError, ShardError, BadImageError) as e:
-            return _fail(e, show=True)  # may be this rank's alone (its share of the files)
-        if rank != 0:
+            return fail(PROG, e, show=True)  # may be this rank's alone (its share of the files)
+        if not main_rank:
             return 0
         print(_report(result))
         if result["skipped"]:
@@ -168,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 _write_json(Path(args.json), result)
             except OSError as e:
-                return _fail(e, show=True)
+                return fail(PROG, e, show=True)
         return 0
     finally:
         cleanup_distributed()

@@ -1,6 +1,6 @@
 """``scnet-export``: a checkpoint as ONNX, TorchScript, safetensors or a timm folder, checked against PyTorch.
 
-The checkpoint is read as ``scnet-eval`` reads it (``scnet.engine.inference``): a training checkpoint
+The checkpoint is read as ``scnet-eval`` reads it (``scnet.inference.checkpoint``): a training checkpoint
 names its model and SCConv options, a bare state_dict of the original release needs ``--model``. The
 file written is then read back by what a user would read it with (onnxruntime, ``torch.jit.load``,
 ``timm.create_model("local-dir:...")``, ...), run on a random batch next to the eager model, and the
@@ -18,7 +18,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from scnet.engine.export import (
+from scnet.cli._common import fail
+from scnet.inference.checkpoint import load_checkpoint
+from scnet.inference.export import (
     DEFAULT_TOLERANCES,
     FORMATS,
     ExportCheckError,
@@ -27,7 +29,7 @@ from scnet.engine.export import (
     mismatch_hint,
     require_format,
 )
-from scnet.engine.inference import load_checkpoint
+from scnet.runtime.messages import first_line
 
 PROG = "scnet-export"
 
@@ -54,41 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(error: BaseException | str, status: int = 2) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return status
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 export failed or differs, 2 bad input or missing package)."""
     args = build_parser().parse_args(argv)
     if args.image_size is not None and args.image_size < 1:
-        return _fail(f"--image-size must be positive, got {args.image_size}")
+        return fail(PROG, f"--image-size must be positive, got {args.image_size}")
     for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
         if value is not None and not value >= 0:
-            return _fail(f"{flag} must be at least 0, got {value}")
+            return fail(PROG, f"{flag} must be at least 0, got {value}")
     try:
         require_format(args.format)  # before the checkpoint is read: a missing package is said at once
     except MissingExportDependency as e:
-        return _fail(e)
+        return fail(PROG, e)
     try:
         loaded = load_checkpoint(args.checkpoint, args.model, args.ema, image_size=args.image_size)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        return _fail(e)
+        return fail(PROG, e)
     try:
         result = export(loaded, args.format, args.out, args.image_size, args.atol, args.rtol)
     except MissingExportDependency as e:
-        return _fail(e)
+        return fail(PROG, e)
     except ValueError as e:  # names the value or file at fault
-        return _fail(e)
+        return fail(PROG, e)
     except OSError as e:  # the file cannot be written
-        return _fail(f"{args.out}: cannot write ({e})")
+        return fail(PROG, f"{args.out}: cannot write ({e})")
     except ExportCheckError as e:
-        return _fail(e, status=1)
+        return fail(PROG, e, status=1)
     except Exception as e:  # noqa: BLE001 - an exporter's or runtime's failure: one line naming the format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return _fail(f"{args.format} export of {loaded.name} to {args.out} failed ({type(e).__name__}: {first})", 1)
+        what = f"{type(e).__name__}: {first_line(e)}"
+        return fail(PROG, f"{args.format} export of {loaded.name} to {args.out} failed ({what})", 1)
     size_mb = sum(f.stat().st_size for f in result.files) / 1e6
     print(
         f"{loaded.name} -> {result.format}: {result.path} ({size_mb:.1f} MB, written in {result.export_seconds:.1f} s)"
@@ -101,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.check_seconds:.1f} s): {verdict}"
     )
     if not result.passed:
-        return _fail(
+        return fail(
+            PROG,
             f"{result.path} differs from eager PyTorch by {result.max_abs_diff:.3g}, "
             f"above the tolerance {result.tolerance:.3g} (--atol/--rtol); "
             f"{mismatch_hint(loaded, result.image_size, result.max_abs_diff, result.max_abs_eager)}; the file is kept",

@@ -3,7 +3,7 @@
 Reads this project's training checkpoints (model, options, class names and evaluation transform come
 from their ``config`` and ``classes``) and the original release's bare state_dicts (``--model`` names the
 architecture; 1000 outputs are named by ImageNet-1k's class descriptions, shipped with timm), through
-``scnet.engine.inference``, the path every consumer of a checkpoint takes. A folder is searched
+``scnet.inference.checkpoint``, the path every consumer of a checkpoint takes. A folder is searched
 recursively for images (.jpeg .jpg .png .webp .bmp .gif), in sorted order; a file named on the command line
 is read whatever its extension. Each image is resized to image_size / crop_pct and centre-cropped, as
 the checkpoint is evaluated.
@@ -24,11 +24,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
+from scnet.cli._common import choose_device, fail
 from scnet.data.transforms import INTERPOLATIONS
-from scnet.engine.inference import load_checkpoint
-from scnet.engine.predict import Predictions, find_images, predict
+from scnet.inference.checkpoint import load_checkpoint
+from scnet.inference.predict import Predictions, find_images, predict
 
 PROG = "scnet-predict"
 
@@ -75,19 +74,6 @@ def format_predictions(result: Predictions) -> str:
     return "\n\n".join(blocks)
 
 
-def _fail(error: BaseException) -> int:
-    message = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the message
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _device(requested: str | None) -> str:
-    kind = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but CUDA is not available")
-    return kind
-
-
 # ----------------------------------------------------------------------------------------------- entry
 
 
@@ -108,10 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.image_size,
             args.crop_pct,
             args.interpolation,
-            _device(args.device),
+            choose_device(args.device),
         )
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        return _fail(e)
+        return fail(PROG, e)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = predict(loaded, images, args.topk, args.batch_size, args.workers, progress)
     if result.predictions:
@@ -133,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=2) + "\n")
         except OSError as e:
-            return _fail(e)
+            return fail(PROG, e)
     if not result.predictions:
         print(f"{PROG}: error: none of the {len(images)} image(s) could be read", file=sys.stderr)
         return 1

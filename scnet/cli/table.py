@@ -66,7 +66,7 @@ def _list(args: argparse.Namespace) -> int:
 
     root = configs_dir()
     if args.estimate and args.format == "text":
-        from scnet.tables.spec import throughput_anchor
+        from scnet.models.published import throughput_anchor
 
         anchor = throughput_anchor()
         print(
@@ -119,9 +119,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from scnet.tables.figure import MissingMatplotlib, draw
+    from scnet.tables.figure import draw
     from scnet.tables.report import write_reports
     from scnet.tables.spec import load_table
+    from scnet.viz import MissingMatplotlib
 
     table = load_table(args.name)
     if not (args.out / table.name).is_dir():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -35,15 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scnet.config import ConfigError, format_config, load_config
     from scnet.data.decode import BadImageError
     from scnet.models import CheckpointError
+    from scnet.runtime.distributed import is_main_process
 
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = is_main_process()  # from torchrun's environment: the group does not exist yet
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(format_config(cfg))
             return 0
-        from scnet.engine.checkpoint import CheckpointWriteError
-        from scnet.engine.train import NonFiniteLossError, PeerLostError, train
+        from scnet.train import CheckpointWriteError, NonFiniteLossError, PeerLostError, train
 
         try:
             train(cfg, resume=args.resume)

@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import to_dtype
 
+from ..runtime.messages import first_line
+
 ImageSource = bytes | str | os.PathLike
 
 
@@ -55,7 +57,7 @@ def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tenso
     except UnidentifiedImageError as e:
         raise BadImageError(name, "not a recognised image format") from e
     except Exception as e:  # noqa: BLE001 - PIL raises many types; each means "bad file"
-        raise BadImageError(name, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        raise BadImageError(name, first_line(e)) from e
 
 
 def load_rgb(source: ImageSource, name: str | None = None) -> torch.Tensor:

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 from tqdm import tqdm
 
+from ..runtime.files import idle_for, write_bytes_atomic
+
 CLASSES = (
     "circle",
     "square",
@@ -38,6 +40,7 @@ CLASSES = (
     "checkerboard",
     "dots",
 )
+
 SPLITS = ("train", "val")
 MANIFEST = "demo.json"
 FORMAT_VERSION = 1
@@ -218,17 +221,6 @@ def demo_image_bytes(seed: int, split: str, class_index: int, number: int) -> by
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name beside ``path``, then rename: an interruption never leaves a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _manifest(num_classes: int, train_per_class: int, val_per_class: int, seed: int) -> dict:
     return {
         "format_version": FORMAT_VERSION,
@@ -259,14 +251,6 @@ def _expected_files(out: Path, manifest: dict) -> dict[Path, tuple[str, int, int
     return files
 
 
-def _idle_for(path: Path, now: float) -> float:
-    """Seconds since ``path`` was last written; 0 when it is gone (renamed by its writer meanwhile)."""
-    try:
-        return now - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
 def _remove_strays(out: Path, keep: set[Path], folders: Sequence[str]) -> None:
     """Delete demo files (by their name pattern) that the requested set does not hold, and dead temp files.
 
@@ -284,7 +268,7 @@ def _remove_strays(out: Path, keep: set[Path], folders: Sequence[str]) -> None:
                 path = class_dir / entry.name
                 if _OWN_FILE.match(entry.name) and path not in keep:
                     path.unlink(missing_ok=True)
-                elif _OWN_TEMP.match(entry.name) and _idle_for(path, now) > STALE_TEMP_S:
+                elif _OWN_TEMP.match(entry.name) and idle_for(path, now) > STALE_TEMP_S:
                     path.unlink(missing_ok=True)
             # A folder of the requested set stays even when empty: a concurrent run may be about to fill it.
             if class_dir.name not in folders and not any(class_dir.iterdir()):
@@ -325,8 +309,8 @@ def make_demo(
         for path, (split, c, i) in files.items():
             if redraw or not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomic(path, demo_image_bytes(seed, split, c, i))
+                write_bytes_atomic(path, demo_image_bytes(seed, split, c, i))
             bar.update()
-    _write_atomic(out / "classes.txt", "".join(f"{name}\n" for name in manifest["classes"]).encode())
-    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_bytes_atomic(out / "classes.txt", "".join(f"{name}\n" for name in manifest["classes"]).encode())
+    write_bytes_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return out

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from ..runtime.distributed import rank_and_world
 from .folders import (
     BadImages,
     ImageFolderDataset,
@@ -25,13 +25,7 @@ from .folders import (
     scan_image_folder,
     scan_imagenet_v2,
 )
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from .shards import ShardDataset
 
 
 def build_dataset(
@@ -57,8 +51,6 @@ def build_dataset(
     check_bad_images(bad_images)
     folder = Path(root) / split
     if (folder / "index.json").is_file():
-        from .shards import ShardDataset
-
         return ShardDataset(
             folder,
             transform=transform,
@@ -101,7 +93,7 @@ class EpochSampler(Sampler):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        default_rank, default_world = dist_info()
+        default_rank, default_world = rank_and_world()
         self.num_samples = num_samples
         self.shuffle = shuffle
         self.seed = seed
@@ -246,4 +238,57 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=train,
         **worker_args,
+    )
+
+
+class IndexedDataset(Dataset):
+    """A map-style dataset whose items also carry their index: ``(image, label, names, index)``.
+
+    Labels kept outside the dataset (ImageNet-ReaL) are looked up by the index that travelled with the
+    batch, which stays right whatever the sampler, the worker count or the number of processes.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key):
+        # EpochSampler yields (index, epoch) pairs; plain samplers yield ints.
+        index = key[0] if isinstance(key, tuple) else key
+        image, label, names = self.dataset[key]
+        return image, label, names, index
+
+
+def collate_indexed(items: Sequence[tuple]) -> tuple[Batch, torch.Tensor]:
+    """Stack ``(image, label, names, index)`` items into ``(Batch, indices)``; the indices are those of the
+    batch's images (a skipped item, without image, has none there)."""
+    batch = collate([item[:3] for item in items])
+    indices = [item[3] for item in items if item[0] is not None]
+    return batch, torch.tensor(indices, dtype=torch.int64)
+
+
+def build_eval_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool | None = None) -> DataLoader:
+    """A loader over this process's share of ``dataset`` for :func:`evaluate`; ``batch_size`` is per process.
+
+    Map-style datasets are read in order through ``EpochSampler(even=False)`` and yield
+    ``(Batch, indices)``; shard datasets (built with ``equal_per_rank=False``, as
+    ``build_dataset(shuffle=False)`` does) yield :class:`Batch`. Workers are not persistent: the loader
+    is read once.
+    """
+    if isinstance(dataset, IterableDataset):
+        return build_loader(dataset, batch_size, workers, train=False, pin_memory=pin_memory, persistent=False)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(
+        IndexedDataset(dataset),
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle=False, even=False),  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=collate_indexed,
+        pin_memory=pin_memory,
+        drop_last=False,
+        generator=private_generator(),
+        **(dict(prefetch_factor=4) if workers > 0 else {}),
     )

@@ -35,6 +35,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from ..runtime.files import write_atomic
+
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
@@ -665,17 +667,14 @@ def _part_path(dest: Path) -> Path:
 
 
 def _write_atomic(dest: Path, data: BinaryIO, size: int | None = None) -> None:
-    """Stream ``data`` into ``dest`` through a temporary name, so that ``dest`` only ever holds a whole file."""
-    tmp = _part_path(dest)
-    try:
-        with open(tmp, "wb") as f:
-            shutil.copyfileobj(data, f, 1 << 20)
-            if size is not None and f.tell() != size:
-                raise ValueError(f"{dest.name}: got {f.tell()} bytes of {size}; truncated source?")
-        os.replace(tmp, dest)
-    except BaseException:  # interrupted too: leave no temporary behind if we can help it
-        tmp.unlink(missing_ok=True)
-        raise
+    """Stream ``data`` into ``dest`` through its ``.part`` name, so that ``dest`` only ever holds a whole file."""
+
+    def copy(f: BinaryIO) -> None:
+        shutil.copyfileobj(data, f, 1 << 20)
+        if size is not None and f.tell() != size:
+            raise ValueError(f"{dest.name}: got {f.tell()} bytes of {size}; truncated source?")
+
+    write_atomic(dest, copy, temp=_part_path(dest))
 
 
 def _needs_writing(dest: Path, existing: set[str], size: int) -> bool:

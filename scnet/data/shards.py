@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from ..runtime.distributed import rank_and_world
+from ..runtime.files import idle_for, write_atomic
 from .decode import BadImageError, decode_rgb
 from .folders import BadImages, check_bad_images, class_folder_names, read_class_list, scan_image_folder
 from .transforms import apply_seeded
@@ -103,24 +104,6 @@ def shard_name(split: str, number: int) -> str:
     return f"{split}-{number:06d}.tar"
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _replace_atomic(path: Path, write: Callable[[object], None]) -> None:
-    """Run ``write(file)`` on a temp file beside ``path``, sync it, then rename it over ``path``."""
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -140,7 +123,7 @@ def _write_shard(path: Path, sources: Sequence[_Source], bar: tqdm) -> None:
                 _add_member(tar, cls_name, str(s.label).encode("ascii"))
                 bar.update()
 
-    _replace_atomic(path, write)
+    write_atomic(path, write, fsync=True)
 
 
 def _shard_is_complete(path: Path, sources: Sequence[_Source]) -> bool:
@@ -165,14 +148,6 @@ def _shard_is_complete(path: Path, sources: Sequence[_Source]) -> bool:
         return False
 
 
-def _idle_for(path: Path, now: float) -> float:
-    """Seconds since ``path`` was last written; 0 when it is gone (renamed by its writer meanwhile)."""
-    try:
-        return now - path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
 def _remove_stale(folder: Path, split: str, num_shards: int) -> None:
     """Delete temp files of runs that died, and shards past the end of this plan (from a larger one)."""
     now = time.time()
@@ -181,7 +156,7 @@ def _remove_stale(folder: Path, split: str, num_shards: int) -> None:
         m = own_shard.match(entry.name)
         if m and int(m.group(1)) >= num_shards:
             os.unlink(entry.path)
-        elif _TEMP.match(entry.name) and _idle_for(Path(entry.path), now) > STALE_TEMP_S:
+        elif _TEMP.match(entry.name) and idle_for(Path(entry.path), now) > STALE_TEMP_S:
             Path(entry.path).unlink(missing_ok=True)
 
 
@@ -222,7 +197,7 @@ def _write_split(
             _write_shard(out / names[i], chunks[i], bar)
     _remove_stale(out, split, len(chunks))
     if _read_json(out / INDEX) != index:
-        _replace_atomic(out / INDEX, lambda f: f.write((json.dumps(index, indent=1) + "\n").encode()))
+        write_atomic(out / INDEX, fsync=True, write=lambda f: f.write((json.dumps(index, indent=1) + "\n").encode()))
     return index
 
 
@@ -314,12 +289,6 @@ def _label_map(shard_classes: list[str], classes: list[str], index: Path, classe
     return [position[name] for name in shard_classes]
 
 
-def _default_rank() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _worker_quotas(total: int, num_workers: int) -> list[int]:
     """``total`` split as evenly as possible over workers, the same on every rank (so every rank makes
     the same number of per-worker batches, not just the same number of samples)."""
@@ -380,7 +349,7 @@ class ShardDataset(IterableDataset):
         self._label_map = _label_map(self.shard_classes, self.classes, self.split_dir / INDEX, classes_from)
         self.num_samples: int = int(index["num_samples"])
         self.shards: list[tuple[str, int]] = [(s["name"], int(s["num_samples"])) for s in index["shards"]]
-        default_rank, default_world = _default_rank()
+        default_rank, default_world = rank_and_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:

@@ -11,81 +11,37 @@ counted twice: the counts are over the images evaluated, and the skipped files a
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.device import DevicePreprocess
-from ..data.loader import Batch, EpochSampler, build_loader, collate, dist_info, private_generator
+from ..data.folders import is_imagenet_v2, load_real_labels, read_class_list
+from ..data.loader import Batch, EpochSampler, IndexedDataset, build_dataset, build_eval_loader
 from ..data.shards import ShardDataset
-from . import faults
+from ..models import count_macs, count_params
+from ..runtime import faults
+from ..runtime.distributed import rank_and_world
+from ..runtime.precision import AMP_DTYPES, autocast
+from .checkpoint import DEFAULT_WORKERS, LoadedCheckpoint
 
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Positions in the per-rank count vector that all_reduce sums.
 _IMAGES, _TOP1, _TOP5, _REAL_CORRECT, _REAL_IMAGES = range(5)
 
 
-class IndexedDataset(Dataset):
-    """A map-style dataset whose items also carry their index: ``(image, label, names, index)``.
-
-    Labels kept outside the dataset (ImageNet-ReaL) are looked up by the index that travelled with the
-    batch, which stays right whatever the sampler, the worker count or the number of processes.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key):
-        # EpochSampler yields (index, epoch) pairs; plain samplers yield ints.
-        index = key[0] if isinstance(key, tuple) else key
-        image, label, names = self.dataset[key]
-        return image, label, names, index
-
-
-def collate_indexed(items: Sequence[tuple]) -> tuple[Batch, torch.Tensor]:
-    """Stack ``(image, label, names, index)`` items into ``(Batch, indices)``; the indices are those of the
-    batch's images (a skipped item, without image, has none there)."""
-    batch = collate([item[:3] for item in items])
-    indices = [item[3] for item in items if item[0] is not None]
-    return batch, torch.tensor(indices, dtype=torch.int64)
-
-
-def build_eval_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool | None = None) -> DataLoader:
-    """A loader over this process's share of ``dataset`` for :func:`evaluate`; ``batch_size`` is per process.
-
-    Map-style datasets are read in order through ``EpochSampler(even=False)`` and yield
-    ``(Batch, indices)``; shard datasets (built with ``equal_per_rank=False``, as
-    ``build_dataset(shuffle=False)`` does) yield :class:`Batch`. Workers are not persistent: the loader
-    is read once.
-    """
-    if isinstance(dataset, IterableDataset):
-        return build_loader(dataset, batch_size, workers, train=False, pin_memory=pin_memory, persistent=False)
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
-    return DataLoader(
-        IndexedDataset(dataset),
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle=False, even=False),  # type: ignore[arg-type]
-        num_workers=workers,
-        collate_fn=collate_indexed,
-        pin_memory=pin_memory,
-        drop_last=False,
-        generator=private_generator(),
-        **(dict(prefetch_factor=4) if workers > 0 else {}),
-    )
-
-
 def _check_exact(loader: Iterable) -> None:
     """Refuse a loader that would count some sample twice or not at all under the current process group."""
-    _, world = dist_info()
+    _, world = rank_and_world()
     if getattr(loader, "drop_last", False):
         raise ValueError("evaluation needs drop_last=False: the last, partial batch counts too")
     dataset = getattr(loader, "dataset", None)
@@ -199,7 +155,7 @@ def evaluate(
             raise ValueError(f"{len(real_labels)} ReaL label sets for a dataset of {len(dataset)} samples")
         real = _real_table(real_labels, device)
     dtype = AMP_DTYPES[amp]
-    rank, world = dist_info()
+    rank, world = rank_and_world()
     counts = torch.zeros(5, dtype=torch.int64, device=device)
     skipped: list[str] = []
     was_training = model.training
@@ -217,7 +173,7 @@ def evaluate(
                 continue  # every file of this batch was skipped
             images = preprocess(batch.images.to(device, non_blocking=True))
             labels = batch.labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device.type, dtype):
                 logits = model(images)
             real_rows = real[indices.to(device)] if real is not None else None
             counts += _batch_counts(logits.float(), labels, real_rows)
@@ -241,3 +197,150 @@ def evaluate(
         result["real_images"] = n[_REAL_IMAGES]
     result["skipped"] = skipped
     return result
+
+
+def _class_source(checkpoint: Path, classes: list[str] | None, data: Path, split: str) -> str:
+    """Where the labels' class list comes from, as the results report it (``classes_from``)."""
+    if classes is not None:
+        return f"checkpoint {checkpoint}"
+    folder = data / split
+    # build_dataset reads classes.txt for ImageFolder trees only: shards have their index, V2 its numbers.
+    if read_class_list(data) is not None and not (folder / "index.json").is_file() and not is_imagenet_v2(folder):
+        return str(data / "classes.txt")
+    return str(folder)
+
+
+def _check_class_count(count: int, num_classes: int, source: str, folder: Path) -> None:
+    """The labels' class list (``count`` classes, from ``source``) must be the model's outputs, one for one."""
+    if count == num_classes:
+        return
+    if source != str(folder):
+        raise ValueError(f"{source} lists {count} classes but the model has {num_classes} outputs")
+    raise ValueError(
+        f"{folder} has {count} classes but the model has {num_classes} outputs "
+        "(a partial split needs <data>/classes.txt listing every class)"
+    )
+
+
+@dataclass
+class Evaluation:
+    """A loaded checkpoint and the split it is evaluated on, read and checked; :meth:`run` counts."""
+
+    loaded: LoadedCheckpoint
+    loader: DataLoader
+    real_labels: list[list[int]] | None
+    info: dict[str, Any]  # the settings the results report, in the order they are written
+    progress: bool = False
+
+    def run(self) -> dict[str, Any]:
+        """The results: :attr:`info`, then ``top1``, ``top5``, ``images`` (``real_top1``, ``real_images``),
+        ``skipped``, then ``params`` and ``macs`` on rank 0.
+
+        Under torch.distributed every rank calls this and gets the same counts (summed with all_reduce);
+        params and MACs are counted on rank 0 alone, which needs no collective.
+        """
+        loaded = self.loaded
+        metrics = evaluate(
+            loaded.model,
+            self.loader,
+            loaded.device,
+            self.info["amp"],
+            self.real_labels,
+            self.progress,
+            loaded.preprocess(),
+        )
+        result = {**self.info, **metrics}
+        rank, _ = rank_and_world()
+        if rank == 0:
+            result["params"] = count_params(loaded.model)
+            result["macs"] = count_macs(loaded.model, loaded.image_size)
+        return result
+
+
+def prepare_evaluation(
+    loaded: LoadedCheckpoint,
+    data_root: str | os.PathLike,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = DEFAULT_WORKERS,
+    amp: str = "none",
+    real_labels: str | os.PathLike | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> Evaluation:
+    """Read ``data_root/split`` for ``loaded``: its evaluation transform, labels by its class list.
+
+    Args:
+        loaded: from :func:`load_checkpoint`.
+        data_root: the data folder (a name such as ``demo`` is resolved by the caller:
+            :func:`scnet.data.builtin.resolve_root`); ``<data_root>/<split>`` is an ImageFolder tree or shards.
+        batch_size: global, split across the processes of torch.distributed.
+        workers: loader workers per process.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``.
+        real_labels: an ImageNet-ReaL ``real.json``: ReaL top-1 is reported too (image folder splits only).
+        strict: a file that does not decode is an error naming it (else it is skipped and listed).
+        progress: a progress bar on stderr (rank 0).
+
+    Labels follow the checkpoint's class list when it saved one, else ``<data_root>/classes.txt``, else
+    the split's folders; they must match the model's outputs one for one. Every rank reads the same
+    files with the same arguments, so an error here is the same on every rank.
+
+    Raises:
+        ValueError: one line naming the folder, file or value at fault.
+    """
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"batch_size must be at least 1 and workers at least 0, got {batch_size}, {workers}")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    data = Path(data_root)
+    source = _class_source(loaded.path, loaded.classes, data, split)
+    dataset = build_dataset(
+        data,
+        split,
+        transform=loaded.eval_transform(),
+        bad_images="raise" if strict else "skip",
+        classes=loaded.classes,
+        classes_from=f"the classes of {loaded.path}",
+    )
+    _check_class_count(len(dataset.classes), loaded.num_classes, source, data / split)
+    real = None
+    if real_labels is not None:
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise ValueError("--real-labels needs an image folder split (shards do not keep the file names)")
+        real = load_real_labels(Path(real_labels), samples)
+    _, world = rank_and_world()
+    info = {
+        "model": loaded.name,
+        "checkpoint": str(loaded.path),
+        "ema": loaded.ema,
+        "data": str(data),
+        "split": split,
+        "num_classes": loaded.num_classes,
+        "classes_from": source,
+        "image_size": loaded.image_size,
+        "crop_pct": loaded.crop_pct,
+        "interpolation": loaded.interpolation,
+        "amp": amp,
+        "batch_size": batch_size,
+        "world_size": world,
+    }
+    per_process = math.ceil(batch_size / world)
+    loader = build_eval_loader(dataset, per_process, workers, pin_memory=loaded.device.type == "cuda")
+    return Evaluation(loaded, loader, real, info, progress)
+
+
+def evaluate_checkpoint(
+    loaded: LoadedCheckpoint,
+    data_root: str | os.PathLike,
+    split: str = "val",
+    batch_size: int = 256,
+    workers: int = DEFAULT_WORKERS,
+    amp: str = "none",
+    real_labels: str | os.PathLike | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Top-1 / top-5 (and ReaL) of ``loaded`` on ``data_root/split``: :func:`prepare_evaluation`, then
+    :meth:`Evaluation.run` (see both). Under torch.distributed every rank calls this."""
+    return prepare_evaluation(loaded, data_root, split, batch_size, workers, amp, real_labels, strict, progress).run()

@@ -12,7 +12,6 @@ later tools go through here, so that one checkpoint is one model everywhere.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +20,13 @@ from typing import Any
 import torch
 from timm.models import clean_state_dict, get_pretrained_cfg
 from torch import nn
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from ..data.device import DevicePreprocess
-from ..data.folders import is_imagenet_v2, load_real_labels, read_class_list
-from ..data.loader import build_dataset, dist_info
 from ..data.transforms import INTERPOLATIONS, eval_transform
-from ..models import CheckpointError, count_macs, count_params, create_model
-from ..models.weights import check_compatible
-from .build import model_options
-from .evaluate import AMP_DTYPES, build_eval_loader, evaluate
+from ..models import CheckpointError, create_model
+from ..models.options import model_options
+from ..models.weights import check_compatible, unreadable
 
 # What a model whose default cfg lacks a setting is evaluated at: the release's settings (and timm's usual).
 DEFAULT_IMAGE_SIZE, DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION = 224, 0.875, "bilinear"
@@ -125,8 +120,7 @@ def _read_file(path: Path) -> dict:
     try:
         obj: object = _read_safetensors(path) if _is_safetensors(path) else _torch_load(path)
     except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e
+        raise unreadable(path, e) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint or state_dict (a {type(obj).__name__})")
     return obj
@@ -246,7 +240,7 @@ def load_checkpoint(
         device: where the model runs (channels_last on CUDA).
 
     The model is built from the config's ``model`` section through
-    :func:`scnet.engine.build.model_options`, so options such as ``pooling_r`` are those it trained with.
+    :func:`scnet.models.options.model_options`, so options such as ``pooling_r`` are those it trained with.
 
     Raises:
         CheckpointError: missing or unreadable file, not a state_dict, no EMA weights, class counts that
@@ -297,150 +291,3 @@ def load_checkpoint(
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-
-
-def _class_source(checkpoint: Path, classes: list[str] | None, data: Path, split: str) -> str:
-    """Where the labels' class list comes from, as the results report it (``classes_from``)."""
-    if classes is not None:
-        return f"checkpoint {checkpoint}"
-    folder = data / split
-    # build_dataset reads classes.txt for ImageFolder trees only: shards have their index, V2 its numbers.
-    if read_class_list(data) is not None and not (folder / "index.json").is_file() and not is_imagenet_v2(folder):
-        return str(data / "classes.txt")
-    return str(folder)
-
-
-def _check_class_count(count: int, num_classes: int, source: str, folder: Path) -> None:
-    """The labels' class list (``count`` classes, from ``source``) must be the model's outputs, one for one."""
-    if count == num_classes:
-        return
-    if source != str(folder):
-        raise ValueError(f"{source} lists {count} classes but the model has {num_classes} outputs")
-    raise ValueError(
-        f"{folder} has {count} classes but the model has {num_classes} outputs "
-        "(a partial split needs <data>/classes.txt listing every class)"
-    )
-
-
-@dataclass
-class Evaluation:
-    """A loaded checkpoint and the split it is evaluated on, read and checked; :meth:`run` counts."""
-
-    loaded: LoadedCheckpoint
-    loader: DataLoader
-    real_labels: list[list[int]] | None
-    info: dict[str, Any]  # the settings the results report, in the order they are written
-    progress: bool = False
-
-    def run(self) -> dict[str, Any]:
-        """The results: :attr:`info`, then ``top1``, ``top5``, ``images`` (``real_top1``, ``real_images``),
-        ``skipped``, then ``params`` and ``macs`` on rank 0.
-
-        Under torch.distributed every rank calls this and gets the same counts (summed with all_reduce);
-        params and MACs are counted on rank 0 alone, which needs no collective.
-        """
-        loaded = self.loaded
-        metrics = evaluate(
-            loaded.model,
-            self.loader,
-            loaded.device,
-            self.info["amp"],
-            self.real_labels,
-            self.progress,
-            loaded.preprocess(),
-        )
-        result = {**self.info, **metrics}
-        rank, _ = dist_info()
-        if rank == 0:
-            result["params"] = count_params(loaded.model)
-            result["macs"] = count_macs(loaded.model, loaded.image_size)
-        return result
-
-
-def prepare_evaluation(
-    loaded: LoadedCheckpoint,
-    data_root: str | os.PathLike,
-    split: str = "val",
-    batch_size: int = 256,
-    workers: int = DEFAULT_WORKERS,
-    amp: str = "none",
-    real_labels: str | os.PathLike | None = None,
-    strict: bool = False,
-    progress: bool = False,
-) -> Evaluation:
-    """Read ``data_root/split`` for ``loaded``: its evaluation transform, labels by its class list.
-
-    Args:
-        loaded: from :func:`load_checkpoint`.
-        data_root: the data folder (a name such as ``demo`` is resolved by the caller:
-            :func:`scnet.data.builtin.resolve_root`); ``<data_root>/<split>`` is an ImageFolder tree or shards.
-        batch_size: global, split across the processes of torch.distributed.
-        workers: loader workers per process.
-        amp: ``"none"``, ``"bf16"`` or ``"fp16"``.
-        real_labels: an ImageNet-ReaL ``real.json``: ReaL top-1 is reported too (image folder splits only).
-        strict: a file that does not decode is an error naming it (else it is skipped and listed).
-        progress: a progress bar on stderr (rank 0).
-
-    Labels follow the checkpoint's class list when it saved one, else ``<data_root>/classes.txt``, else
-    the split's folders; they must match the model's outputs one for one. Every rank reads the same
-    files with the same arguments, so an error here is the same on every rank.
-
-    Raises:
-        ValueError: one line naming the folder, file or value at fault.
-    """
-    if batch_size < 1 or workers < 0:
-        raise ValueError(f"batch_size must be at least 1 and workers at least 0, got {batch_size}, {workers}")
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
-    data = Path(data_root)
-    source = _class_source(loaded.path, loaded.classes, data, split)
-    dataset = build_dataset(
-        data,
-        split,
-        transform=loaded.eval_transform(),
-        bad_images="raise" if strict else "skip",
-        classes=loaded.classes,
-        classes_from=f"the classes of {loaded.path}",
-    )
-    _check_class_count(len(dataset.classes), loaded.num_classes, source, data / split)
-    real = None
-    if real_labels is not None:
-        samples = getattr(dataset, "samples", None)
-        if samples is None:
-            raise ValueError("--real-labels needs an image folder split (shards do not keep the file names)")
-        real = load_real_labels(Path(real_labels), samples)
-    _, world = dist_info()
-    info = {
-        "model": loaded.name,
-        "checkpoint": str(loaded.path),
-        "ema": loaded.ema,
-        "data": str(data),
-        "split": split,
-        "num_classes": loaded.num_classes,
-        "classes_from": source,
-        "image_size": loaded.image_size,
-        "crop_pct": loaded.crop_pct,
-        "interpolation": loaded.interpolation,
-        "amp": amp,
-        "batch_size": batch_size,
-        "world_size": world,
-    }
-    per_process = math.ceil(batch_size / world)
-    loader = build_eval_loader(dataset, per_process, workers, pin_memory=loaded.device.type == "cuda")
-    return Evaluation(loaded, loader, real, info, progress)
-
-
-def evaluate_checkpoint(
-    loaded: LoadedCheckpoint,
-    data_root: str | os.PathLike,
-    split: str = "val",
-    batch_size: int = 256,
-    workers: int = DEFAULT_WORKERS,
-    amp: str = "none",
-    real_labels: str | os.PathLike | None = None,
-    strict: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Top-1 / top-5 (and ReaL) of ``loaded`` on ``data_root/split``: :func:`prepare_evaluation`, then
-    :meth:`Evaluation.run` (see both). Under torch.distributed every rank calls this."""
-    return prepare_evaluation(loaded, data_root, split, batch_size, workers, amp, real_labels, strict, progress).run()

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .inference import LoadedCheckpoint, load_checkpoint
+from .checkpoint import LoadedCheckpoint, load_checkpoint
 
 FORMATS = ("onnx", "torchscript", "safetensors", "timm")
 # (atol, rtol) per format. safetensors and timm rebuild the same eager model: they match to the bit.
@@ -275,9 +275,7 @@ def load_safetensors(path: Path) -> tuple[Runner, str]:
 
 def load_timm(path: Path) -> tuple[Runner, str]:
     """``timm.create_model("local-dir:PATH", pretrained=True)``: timm's own reader of the folder."""
-    import timm
-
-    import scnet  # noqa: F401 - registers the SC names, which the folder's architecture may be
+    import timm  # the SC names are registered: this module imports scnet.models (through .checkpoint)
 
     model = timm.create_model(f"local-dir:{path}", pretrained=True)
     return model.eval(), f"timm {timm.__version__} local-dir"
@@ -403,7 +401,7 @@ def export(
     """Write ``loaded`` to ``out`` in ``fmt``, read it back and compare it with the eager model.
 
     Args:
-        loaded: from :func:`scnet.engine.inference.load_checkpoint` (its model on the CPU).
+        loaded: from :func:`scnet.inference.checkpoint.load_checkpoint` (its model on the CPU).
         fmt: one of :data:`FORMATS`.
         out: the file to write; for ``timm`` a folder.
         image_size: the input size exported (ONNX fixes it) and checked; default ``loaded.image_size``.

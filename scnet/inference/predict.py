@@ -1,7 +1,7 @@
 """Top-k classes of image files for a loaded checkpoint: the logic behind ``scnet-predict``.
 
 :func:`find_images` turns the paths a user gives (files, folders searched recursively) into a sorted list
-of image files; :func:`predict` runs them through a :class:`~scnet.engine.inference.LoadedCheckpoint`
+of image files; :func:`predict` runs them through a :class:`~scnet.inference.checkpoint.LoadedCheckpoint`
 in batches, with its own evaluation transform, and returns each image's top-k classes with their names
 and softmax probabilities. A file that does not decode is reported in :attr:`Predictions.failed`, and
 the others still get their answers. Class names come from :func:`class_names`.
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..data.decode import BadImageError, load_rgb
 from ..data.folders import IMAGE_EXTENSIONS
-from .inference import LoadedCheckpoint
+from .checkpoint import LoadedCheckpoint
 
 IMAGENET_1K_CLASSES = 1000
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..models.scconv import SCConv
+from .scconv import SCConv, SelfCalibrated
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -58,7 +58,7 @@ class Calibration(SCConv):
         self.fused = not bias
 
 
-class SelfCalibratedConv2d(nn.Module):
+class SelfCalibratedConv2d(SelfCalibrated):
     """Self-calibrated convolution (Liu et al., CVPR 2020, Fig. 2) in place of ``nn.Conv2d(in_chs, out_chs, 3,
     stride, padding=1)``: same input and output shapes.
 

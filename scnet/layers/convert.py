@@ -8,12 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.bottleneck import SCBottleneck
-from ..models.scconv import SCConv, check_calibration_options
-from .sc_conv import NormLayer, SelfCalibratedConv2d
+from .conv2d import NormLayer, SelfCalibratedConv2d
+from .functional import check_calibration_options
+from .scconv import SelfCalibrated
 
 # Layers that already are self-calibrated: their inner 3x3 convolutions are part of the operator.
-SC_LAYERS = (SCConv, SCBottleneck, SelfCalibratedConv2d)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def _convolutions(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d, bool]]:
     sc_prefixes: list[str] = []
     for name, module in model.named_modules(remove_duplicate=False):
         inside = any(name.startswith(prefix) for prefix in sc_prefixes)
-        if isinstance(module, SC_LAYERS) and not inside:
+        if isinstance(module, SelfCalibrated) and not inside:
             sc_prefixes.append(f"{name}." if name else "")
         if isinstance(module, nn.Conv2d):
             yield name, module, inside

@@ -4,65 +4,24 @@
 # and TorchScript must be able to read them there (a traced SC model can be scripted).
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
+from .functional import (
+    InputTooSmallError,
+    check_calibration_options,
+    check_feature_size,
+    min_feature_size,
+    upsample_like,
+)
 from .fused import is_plain_bn
+from .lean import calibrated_conv
 
-POOL_TYPES = ("avg", "max")
-UPSAMPLE_MODES = ("nearest", "bilinear")
-
-
-class InputTooSmallError(ValueError):
-    """Raised when an input is too small for SCConv's r x r pooling (the last stage's map holds no window)."""
+__all__ = ["InputTooSmallError", "SCConv", "SelfCalibrated", "can_run_lean", "conv_bn"]
 
 
-def check_calibration_options(
-    pooling_r: int, pool_type: str, pool_ceil_mode: bool, calib_identity: bool, upsample: str
-) -> None:
-    """Raise ``ValueError`` naming the option and its allowed values if any SCConv option is invalid."""
-    # bool is an int subclass: pooling_r=True would silently mean r=1.
-    if not isinstance(pooling_r, int) or isinstance(pooling_r, bool) or pooling_r < 1:
-        raise ValueError(f"pooling_r must be an integer >= 1, got {pooling_r!r}")
-    if pool_type not in POOL_TYPES:
-        raise ValueError(f"pool_type must be one of {', '.join(map(repr, POOL_TYPES))}, got {pool_type!r}")
-    if upsample not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample must be one of {', '.join(map(repr, UPSAMPLE_MODES))}, got {upsample!r}")
-    # A string such as "false" would be truthy: only real booleans.
-    for key, value in (("pool_ceil_mode", pool_ceil_mode), ("calib_identity", calib_identity)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be True or False, got {value!r}")
-
-
-def min_feature_size(pooling_r: int, pool_ceil_mode: bool) -> int:
-    """The smallest map SCConv's pool accepts: one whole ``r x r`` window when it floors, 1 px when it ceils
-    (a map smaller than ``r`` is then one partial window)."""
-    return 1 if pool_ceil_mode else pooling_r
-
-
-def check_feature_size(x: torch.Tensor, pooling_r: int, min_size: int, min_input_size: int) -> torch.Tensor:
-    """Return ``x`` unchanged, or raise :class:`InputTooSmallError` if it is below ``min_size`` (see
-    :func:`min_feature_size`) in height or width.
-
-    ``min_input_size`` (0 = unknown) is the network input size that would have been enough; it only
-    makes the message useful. Returning ``x`` keeps the check in FX graphs (dead-code elimination
-    removes calls whose result nobody uses).
-    """
-    h, w = x.shape[-2], x.shape[-1]
-    if h < min_size or w < min_size:
-        hint = f" (network inputs of at least {min_input_size} px)" if min_input_size > 0 else ""
-        raise InputTooSmallError(
-            f"SCConv's r={pooling_r} pooling needs a feature map of at least {min_size}x{min_size}{hint}, got {h}x{w}"
-        )
-    return x
-
-
-def upsample_like(y: torch.Tensor, x: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
-    """``y`` resized to the spatial size of ``x``: ``nearest`` as the release does it, or ``bilinear``
-    (``align_corners=False``, PyTorch's default) as the paper's text says."""
-    if mode == "nearest":
-        return F.interpolate(y, size=x.shape[-2:], mode="nearest")
-    return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+class SelfCalibrated(nn.Module):
+    """Marks a module that is already self-calibrated (SCConv, SelfCalibratedConv2d, the SC bottleneck), so
+    that :func:`~scnet.layers.convert_to_sc` leaves it alone without knowing the networks built on it."""
 
 
 # Shape-dependent code stays a single call in FX graphs (symbolic_trace, torchvision's
@@ -97,7 +56,7 @@ def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, group
     )
 
 
-class SCConv(nn.Module):
+class SCConv(SelfCalibrated):
     """``k4( k3(x) * sigmoid(x + up(k2(pool_r(x)))) )``.
 
     ``k2`` works in a space ``r`` times smaller, giving each position a view of a wide context
@@ -181,7 +140,6 @@ class SCConv(nn.Module):
     def calibrated_lean(self, x: torch.Tensor) -> torch.Tensor:
         """``k4``'s convolution of ``k3(x) * gate(x)`` (before ``k4``'s BN) by the lean kernel, which keeps
         neither the gate nor the product for backward. Training mode, stock BNs only."""
-        from .lean import calibrated_conv  # imported here: lean.py imports this module
 
         x = check_feature_size(x, self.pooling_r, self.min_feature_size, self.min_input_size)
         context = self.k2(x)

@@ -1,9 +1,10 @@
 """The SCNet model zoo."""
 
+from ..layers.functional import InputTooSmallError
+from ..layers.scconv import SCConv
 from .complexity import count_macs, count_params
 from .factory import BASELINE_MODELS, create_model, list_models
 from .network import SCNet
-from .scconv import InputTooSmallError, SCConv
 from .weights import CheckpointError, load_weights, read_state_dict
 from .zoo import BASELINES, PUBLISHED, SC_MODELS, PublishedWeights, published_weights
 

@@ -9,12 +9,12 @@ import torch.fx
 from timm.layers import DropPath, create_attn
 from torch import nn
 
-from .fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input
-from .lean import bn_relu_cat_conv, shared_input_conv1x1
-from .scconv import SCConv, can_run_lean, conv_bn
+from ..layers.fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input
+from ..layers.lean import bn_relu_cat_conv, shared_input_conv1x1
+from ..layers.scconv import SCConv, SelfCalibrated, can_run_lean, conv_bn
 
 
-class SCBottleneck(nn.Module):
+class SCBottleneck(SelfCalibrated):
     """1x1 reduce -> {plain 3x3 | SCConv} -> concat -> 1x1 expand (+ SE) -> residual add.
 
     Tensor names follow the original release (``conv1_a``, ``bn1_a``, ``k1``, ``scconv``, ...), so

@@ -6,22 +6,19 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
 from timm.models import FeatureListNet
 from torch import nn
 
+from ..layers import ConversionReport, convert_to_sc, default_norm_layer, smallest_input_size
+from ..layers.functional import SC_OPTION_KEYS
 from . import zoo
 from .weights import CheckpointError, check_compatible, load_weights, read_state_dict
 
-if TYPE_CHECKING:
-    from ..layers import ConversionReport
-
 BASELINE_MODELS: tuple[str, ...] = tuple(dict.fromkeys(zoo.BASELINES.values()))
-# SCConv's calibration options: SC models take them, and so does the conversion of any other model.
-SC_OPTION_KEYS: tuple[str, ...] = ("pooling_r", "pool_type", "pool_ceil_mode", "calib_identity", "upsample")
 
 
 def list_models(include_baselines: bool = True) -> list[str]:
@@ -62,8 +59,6 @@ def _fits(model: nn.Module, path: str | os.PathLike) -> bool:
 
 def _convert(model: nn.Module, sc_options: dict[str, Any]) -> ConversionReport:
     """``convert_to_sc`` with the model's own normalisation convention; returns its report."""
-    from ..layers import convert_to_sc, default_norm_layer  # imported here: scnet.layers imports this package
-
     return convert_to_sc(model, norm_layer=default_norm_layer(model), **sc_options)
 
 
@@ -71,8 +66,6 @@ def _convert(model: nn.Module, sc_options: dict[str, Any]) -> ConversionReport:
 def _converted_min_input_size(name: str, options: tuple[tuple[str, Any], ...], sc_options: tuple) -> int | None:
     """The smallest input of ``name`` built with ``options`` and converted: a shape-only twin on the meta device
     (about a second of meta forwards, so cached)."""
-    from ..layers import smallest_input_size
-
     with torch.device("meta"):
         twin = timm.create_model(name, pretrained=False, **dict(options))
         _convert(twin, dict(sc_options))

@@ -11,8 +11,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from ..layers.functional import InputTooSmallError, check_calibration_options, min_feature_size
+from ..layers.scconv import SCConv
 from .bottleneck import SCBottleneck
-from .scconv import InputTooSmallError, SCConv, check_calibration_options, min_feature_size
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import ModelConfig
-from ..models import SC_MODELS
+from ..layers.functional import SC_OPTION_KEYS
+from .zoo import SC_MODELS
 
 # create_model options that only SC models have (SCConv's calibration), with the release's values.
-_SC_KEYS = ("pooling_r", "pool_type", "pool_ceil_mode", "calib_identity", "upsample")
-SC_OPTIONS: dict[str, Any] = {key: getattr(ModelConfig(), key) for key in _SC_KEYS}
+SC_OPTIONS: dict[str, Any] = {key: getattr(ModelConfig(), key) for key in SC_OPTION_KEYS}
 
 
 def model_options(model: ModelConfig | Mapping[str, Any], training: bool = True) -> dict[str, Any]:

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
+
+from ..runtime.distributed import is_main_process
+from ..runtime.messages import first_line
 
 
 class CheckpointError(ValueError):
@@ -31,14 +33,18 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str,
         # timm's reader: safetensors or torch.load(weights_only=True), unwraps and strips 'module.'.
         state_dict = timm_load_state_dict(str(path), use_ema=use_ema)
     except Exception as e:  # noqa: BLE001 - any read failure becomes one clear line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({first})") from e
+        raise unreadable(path, e) from e
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: not a state_dict (a {type(state_dict).__name__})")
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: not a state_dict (entry {key!r} is a {type(value).__name__})")
     return state_dict
+
+
+def unreadable(path: str | os.PathLike, e: BaseException) -> CheckpointError:
+    """The one line for a checkpoint file that cannot be read (truncated, empty, random or unsafe bytes)."""
+    return CheckpointError(f"{path}: cannot read checkpoint ({first_line(e)})")
 
 
 def check_compatible(
@@ -68,13 +74,6 @@ def check_compatible(
         parts.append(f"{len(mismatched)} of another shape (e.g. {k}: {given[k]} vs {expected[k]})")
     arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
     raise CheckpointError(f"{source} does not fit {arch}: " + ", ".join(parts) + " tensors")
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of torch.distributed (or of torchrun's environment before the group exists), or no group at all."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
 
 
 def head_report(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | os.PathLike, head_name: str) -> str:
@@ -114,7 +113,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = Fals
     if head_prefix:
         # Said before loading, once per run: a silently fresh head looks like a broken checkpoint when
         # accuracy starts at chance, and a wrong num_classes would otherwise go unnoticed.
-        if not quiet and _is_main_process():
+        if not quiet and is_main_process():
             print(head_report(model, state_dict, path, head_name), file=sys.stderr)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_prefix)}
     model.load_state_dict(state_dict, strict=not head_prefix)

@@ -13,6 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .network import SCNet
+from .published import published_numbers
 
 PAPER = "Improving Convolutional Networks with Self-Calibrated Convolutions (Liu et al., CVPR 2020)"
 
@@ -30,10 +31,8 @@ class PublishedWeights:
 
 def _released() -> dict[str, PublishedWeights]:
     """The release's checkpoints with their published accuracy, from the project's one file of published numbers
-    (scnet/tables/published.yaml, every number with its source). The files are not bundled or downloaded:
+    (scnet/models/published.yaml, every number with its source). The files are not bundled or downloaded:
     users pass the path they have to ``create_model(..., pretrained=PATH)``."""
-    from ..tables.spec import published_numbers
-
     return {
         name: PublishedWeights(p.checkpoint, p.top1, p.top5, source=p.source.title if p.source else "")
         for name, p in published_numbers().items()

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,53 @@ def setup_distributed(device: str | None = None, timeout: float | None = None) -
         kwargs = {"timeout": timedelta(seconds=timeout)} if timeout is not None else {}
         dist.init_process_group("nccl" if use_cuda else "gloo", **kwargs)
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the process group, or of torchrun's environment before the group exists; True alone."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run died or stopped answering: one line for the user, on every rank."""
+
+
+# What gloo and NCCL say when a peer is gone or silent (they raise plain RuntimeErrors). gloo's wait for a
+# stopped peer inside DDP's buffer broadcast ends in "Application timeout caused pair closure".
+_PEER_LOST = (
+    "Connection reset",
+    "Connection closed",
+    "Broken pipe",
+    "Timed out",
+    "timed out",
+    "timeout",
+    "pair closure",
+    "NCCL",
+    "gloo",
+)
+
+
+def peer_lost(e: BaseException, info: DistInfo, timeout: float, last_checkpoint: Path) -> PeerLostError | None:
+    """The one-line error for a collective that failed because another process is gone, else None."""
+    text = str(e)
+    if info.world_size == 1 or not (isinstance(e, dist.DistError) or any(k in text for k in _PEER_LOST)):
+        return None
+    # "[.../gloo/transport/tcp/pair.cc:545] Read error ...: Connection reset by peer. This is typically ..."
+    cause = text.split("] ", 1)[-1].split(". ")[0].strip() if text else type(e).__name__
+    kept = f"last checkpoint: {last_checkpoint}" if last_checkpoint.is_file() else "no checkpoint written yet"
+    return PeerLostError(
+        f"rank {info.rank} of {info.world_size}: lost the other processes of the run ({cause}); one of them died or "
+        f"did not answer within train.dist_timeout={timeout} s; {kept}; restart the run with --resume auto"
+    )
 
 
 def cleanup_distributed() -> None:

@@ -5,7 +5,7 @@ The random draws of a training process: weights init, drop-path and random erasi
 generators), random erasing's coin (Python's ``random``), mixup/cutmix (NumPy's global generator, as timm
 draws it). Augmentations in the loader are seeded per sample (``scnet.data.transforms.apply_seeded``), and
 the loaders keep generators of their own (``scnet.data.loader.private_generator``). Checkpoints save and
-restore all three global generators (``scnet.engine.checkpoint.rng_state``).
+restore all three global generators (``scnet.train.checkpoints.rng_state``).
 """
 
 from __future__ import annotations

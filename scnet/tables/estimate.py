@@ -13,9 +13,9 @@ import functools
 import torch
 
 from ..config import Config
-from ..engine.build import model_options
 from ..models import count_macs, create_model
-from .spec import throughput_anchor
+from ..models.options import model_options
+from ..models.published import throughput_anchor
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 

@@ -8,13 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..viz import pyplot
 from .spec import Table
-
-INSTALL_HINT = "the figure needs matplotlib: pip install 'scnet[plot]' (or pip install matplotlib)"
-
-
-class MissingMatplotlib(ImportError):
-    """matplotlib is not installed; the message says how to install it."""
 
 
 def _published_gmacs(table: Table, row_name: str, measured: float | None) -> float | None:
@@ -35,13 +30,7 @@ def draw(table: Table, records: list[dict[str, Any]], path: Path) -> Path | None
     Raises:
         MissingMatplotlib: matplotlib is not installed.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise MissingMatplotlib(INSTALL_HINT) from e
+    plt = pyplot()
 
     families = list(dict.fromkeys(r["family"] for r in records))
     colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}

@@ -11,13 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .spec import Row, Table, sources
+from ..models.published import sources
+from ..runtime.files import write_text_atomic
+from ..train.output import BEST, CONFIG, LAST, read_metrics
+from .spec import Row, Table
 
 EVAL_FILE = "eval.json"
 RUN_FILE = "run.json"
@@ -56,20 +58,6 @@ def row_dir(out: Path, table: Table, row: str) -> Path:
     return Path(out) / table.name / row
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """The per-epoch lines of a run's ``metrics.jsonl`` (empty when it has none yet)."""
-    path = Path(folder) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            break  # a line cut short by a crash: what came before it is still good
-    return lines
-
-
 def read_json(path: Path) -> Any:
     """The JSON at ``path``, or None when it is missing or unreadable."""
     try:
@@ -80,7 +68,7 @@ def read_json(path: Path) -> Any:
 
 def planned_epochs(folder: Path, row: Row) -> int | None:
     """``train.epochs`` of the run in ``folder`` (its saved config), else of the row's config file."""
-    for path in (Path(folder) / "config.yaml", row.config):
+    for path in (Path(folder) / CONFIG, row.config):
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
@@ -95,7 +83,7 @@ def is_trained(folder: Path, epochs: int) -> bool:
     """True when the run's last epoch is done. The trainer writes ``metrics.jsonl``'s line for an epoch only
     after that epoch's ``last.pth`` and ``best.pth``, so the line proves the checkpoints are whole."""
     metrics = read_metrics(folder)
-    return bool(metrics) and int(metrics[-1].get("epoch", 0)) >= epochs and (Path(folder) / "best.pth").is_file()
+    return bool(metrics) and int(metrics[-1].get("epoch", 0)) >= epochs and (Path(folder) / BEST).is_file()
 
 
 def _rounded(value: Any, digits: int = 2) -> float | None:
@@ -159,7 +147,7 @@ def row_record(table: Table, row: Row, out: Path) -> dict[str, Any]:
         record["status"] = f"training: epoch {last.get('epoch')}/{epochs}"
         if last.get("top1") is not None:
             record["status"] += f", val top-1 {float(last['top1']):.2f}"
-    elif (folder / "last.pth").is_file():
+    elif (folder / LAST).is_file():
         record["status"] = "training: epoch 1"
     else:
         record["status"] = "not started"
@@ -181,7 +169,7 @@ def release_record(table: Table, row: Row, out: Path) -> dict[str, Any] | None:
 
 
 def _model_name(folder: Path, row: Row) -> str | None:
-    for path in (folder / "config.yaml", row.config):
+    for path in (folder / CONFIG, row.config):
         try:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
@@ -293,13 +281,9 @@ def to_csv(records: list[dict[str, Any]]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` (its folder made if needed) so that readers never see half a file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, text)
 
 
 def write_reports(table: Table, out: Path) -> list[dict[str, Any]]:

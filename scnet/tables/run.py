@@ -30,7 +30,9 @@ from ..config import Config, config_to_dict, load_config
 from ..data.builtin import resolve_root
 from ..data.folders import read_class_list
 from ..data.shards import INDEX, read_index
-from ..engine.inference import evaluate_checkpoint, load_checkpoint
+from ..inference.accuracy import evaluate_checkpoint
+from ..inference.checkpoint import load_checkpoint
+from ..train.output import BEST, CONFIG, LAST
 from . import report
 from .spec import Row, Table, TableError
 
@@ -106,7 +108,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_same_settings(row: Row, cfg: Config, folder: Path) -> None:
     """Refuse to continue a row whose saved config differs from this run's (another recipe in the same folder)."""
-    saved_path = folder / "config.yaml"
+    saved_path = folder / CONFIG
     if not saved_path.is_file():
         return
     saved = _flat(config_to_dict(load_config(saved_path)))
@@ -218,7 +220,7 @@ def evaluate_row(row: Row, cfg: Config, folder: Path, options: RunOptions) -> di
     data = resolve_root(options.data)
     workers = min(cfg.data.workers, os.cpu_count() or 1)
     return _evaluate_once(
-        folder / "best.pth", folder, data, cfg.data.val_split, options, batch_size=cfg.data.batch_size, workers=workers
+        folder / BEST, folder, data, cfg.data.val_split, options, batch_size=cfg.data.batch_size, workers=workers
     )
 
 
@@ -286,7 +288,7 @@ def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
             if report.is_trained(row_folder, cfg.train.epochs):
                 _say(f"{where}: trained already ({cfg.train.epochs} epoch(s) in {row_folder}), not retrained")
             else:
-                resuming = (row_folder / "last.pth").is_file()
+                resuming = (row_folder / LAST).is_file()
                 _say(f"{where}: {'resuming' if resuming else 'training'} in {row_folder}")
                 train_row(row, cfg, options, lock_fd)
                 if not report.is_trained(row_folder, cfg.train.epochs):

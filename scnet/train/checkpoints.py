@@ -1,16 +1,15 @@
-"""Checkpoints that a crash cannot half-write, and everything needed to resume a run exactly."""
+"""Checkpoint files that a crash cannot half-write: written atomically, the previous one kept, read safely."""
 
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 
-from . import faults
+from ..runtime import faults
+from ..runtime.messages import first_line
 
 
 def previous_path(path: Path) -> Path:
@@ -67,7 +66,7 @@ def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False) 
             os.fsync(f.fileno())
         faults.point("checkpoint_written")
         if keep_previous and path.is_file():
-            os.replace(path, previous_path(path))  # a crash right after: find_resume falls back to it
+            os.replace(path, previous_path(path))  # a crash right after: --resume auto falls back to it
             faults.point("checkpoint_between_renames")
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -78,8 +77,7 @@ def save_atomic(state: dict[str, Any], path: Path, keep_previous: bool = False) 
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
         e = writer.error if writer is not None and writer.error is not None else e
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointWriteError(f"cannot write checkpoint {path}: {cause}") from e
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {first_line(e)}") from e
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -93,36 +91,3 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def load(path: Path) -> dict[str, Any]:
     """Read a checkpoint without unpickling arbitrary objects."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def rng_state() -> dict[str, Any]:
-    """The process's RNG states (torch CPU and CUDA, Python, NumPy)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()  # timm's mixup draws from numpy
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "python_pos": random.getstate()[2],
-        "numpy": [keys.tolist(), pos, has_gauss, gauss],  # plain types: loadable with weights_only=True
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_resume(output_dir: Path) -> Path | None:
-    """``output_dir/last.pth`` if a run left one there, else the previous one it kept (``last.prev.pth``)."""
-    path = Path(output_dir) / "last.pth"
-    for candidate in (path, previous_path(path)):
-        if candidate.is_file():
-            return candidate
-    return None

@@ -1,4 +1,4 @@
-"""Grad-CAM (scnet.engine.cam) where the answer is known in advance, and `scnet-cam` writing a real figure."""
+"""Grad-CAM (scnet.inference.cam) where the answer is known in advance, and `scnet-cam` writing a real figure."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 
 import scnet
 from scnet.cli.cam import main
-from scnet.engine.cam import default_layer, grad_cam
+from scnet.inference.cam import default_layer, grad_cam
 
 from ..utils import IMAGENET_MEAN, IMAGENET_STD, REPO_ROOT, randomize_, require_extra
 

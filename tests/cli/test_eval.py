@@ -16,7 +16,7 @@ from scnet.cli.eval import main
 from scnet.data.demo import make_demo
 
 from ..data.images import make_tree
-from ..engine import (
+from ..inference import (
     COUNTS,
     CROP_PCT,
     IMAGE_SIZE,

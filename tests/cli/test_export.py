@@ -16,8 +16,8 @@ from timm.data import resolve_data_config
 
 import scnet
 from scnet.cli.export import main
-from scnet.engine.export import ExportCheckError, check, float32_rounding, mismatch_hint
-from scnet.engine.inference import load_checkpoint
+from scnet.inference.checkpoint import load_checkpoint
+from scnet.inference.export import ExportCheckError, check, float32_rounding, mismatch_hint
 
 from ..utils import REPO_ROOT, randomize_, require_extra
 
@@ -74,7 +74,7 @@ def _run(capsys, *args) -> tuple[int, str, str]:
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> None:
-    # Relative to the logits' scale: a random 50-layer net's logits reach ~1e3 (see engine/export.py).
+    # Relative to the logits' scale: a random 50-layer net's logits reach ~1e3 (see inference/export.py).
     torch.testing.assert_close(got, want, rtol=0, atol=rtol * float(want.abs().max()))
 
 

@@ -17,7 +17,7 @@ import scnet
 from scnet.cli.predict import main
 
 from ..data.images import encode, random_image
-from ..engine import crafted_state_dict, random_model
+from ..inference import crafted_state_dict, random_model
 from . import reference_preprocessing as ref
 
 CLASSES = ["cat", "dog", "fox"]

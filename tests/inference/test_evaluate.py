@@ -11,7 +11,7 @@ from scnet.data.folders import load_real_labels
 from scnet.data.loader import EpochSampler, build_dataset, build_loader, collate
 from scnet.data.shards import make_shards
 from scnet.data.transforms import eval_transform
-from scnet.engine import build_eval_loader, evaluate
+from scnet.inference import build_eval_loader, evaluate
 
 from ..utils import IMAGENET_MEAN, IMAGENET_STD
 from . import (

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 import scnet
 from scnet.data.loader import build_dataset
 from scnet.data.transforms import eval_transform
-from scnet.engine import evaluate_checkpoint, load_checkpoint, prepare_evaluation
+from scnet.inference import evaluate_checkpoint, load_checkpoint, prepare_evaluation
 
 from ..data.images import make_tree
 from ..utils import IMAGENET_MEAN, IMAGENET_STD

@@ -10,7 +10,7 @@ import torch
 
 from scnet.cli.train import main as train_main
 from scnet.data.demo import make_demo
-from scnet.engine import load_checkpoint
+from scnet.inference import load_checkpoint
 from scnet.layers import SelfCalibratedConv2d
 
 QUICKSTART = Path(__file__).parents[2] / "configs" / "quickstart.yaml"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import scnet
 from scnet.bench.model import saved_activation_bytes
-from scnet.models.scconv import SCConv
+from scnet.layers.scconv import SCConv
 
 from ..utils import randomize_
 

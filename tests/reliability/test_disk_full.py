@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scnet.engine import checkpoint as ckpt
+from scnet.train import checkpoints as ckpt
 
 from .harness import ENV, REPO, assert_same_weights, leftovers, run, run_here, train_command, weights
 
@@ -33,7 +33,7 @@ def test_file_size_limit_names_the_cause(tmp_path):
     path = tmp_path / "last.pth"
     code = (
         "import resource, torch\n"
-        "from scnet.engine import checkpoint as ckpt\n"
+        "from scnet.train import checkpoints as ckpt\n"
         f"ckpt.save_atomic({{'n': torch.tensor(1)}}, {str(path)!r})\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
         "try:\n"

@@ -173,13 +173,12 @@ def test_survivor_of_a_hung_peer_stops_after_the_timeout(demo, tmp_path):
 )
 def test_what_gloo_says_about_a_lost_peer_becomes_the_one_line(tmp_path, text):
     """The texts gloo raised in these tests' runs (plain RuntimeErrors) are read as a lost peer."""
-    from scnet.engine.distributed import DistInfo
-    from scnet.engine.train import PeerLostError, _peer_lost
+    from scnet.runtime.distributed import DistInfo, PeerLostError, peer_lost
 
     info = DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
-    lost = _peer_lost(RuntimeError(text), info, TIMEOUT, tmp_path)
+    lost = peer_lost(RuntimeError(text), info, TIMEOUT, tmp_path / "last.pth")
     assert isinstance(lost, PeerLostError)
     assert str(lost).startswith("rank 1 of 2: lost the other processes of the run (")
     assert "no checkpoint written yet" in str(lost)
-    assert _peer_lost(RuntimeError(text), DistInfo(0, 1, 0, torch.device("cpu")), TIMEOUT, tmp_path) is None
-    assert _peer_lost(RuntimeError("CUDA out of memory"), info, TIMEOUT, tmp_path) is None
+    assert peer_lost(RuntimeError(text), DistInfo(0, 1, 0, torch.device("cpu")), TIMEOUT, tmp_path / "last.pth") is None
+    assert peer_lost(RuntimeError("CUDA out of memory"), info, TIMEOUT, tmp_path / "last.pth") is None

@@ -12,9 +12,10 @@ import yaml
 
 import scnet
 from scnet.config import Config, ModelConfig, load_config
-from scnet.engine.build import SC_OPTIONS, model_options
 from scnet.models import SC_MODELS, SCConv
-from scnet.tables.spec import TABLES, TableError, configs_dir, load_table, published_numbers
+from scnet.models.options import SC_OPTIONS, model_options
+from scnet.models.published import published_numbers
+from scnet.tables.spec import TABLES, TableError, configs_dir, load_table
 
 from ..utils import REFERENCE_DIR, REPO_ROOT
 

@@ -12,8 +12,8 @@ import torch
 
 from scnet.cli.train import main as train_main
 from scnet.config import load_config
-from scnet.engine import checkpoint as ckpt
-from scnet.engine.train import train
+from scnet.train import checkpoints as ckpt
+from scnet.train import train
 
 from ..reliability.harness import QUICKSTART, assert_same_weights, overrides, weights
 

@@ -11,7 +11,7 @@ import torch
 
 from scnet.cli.train import main as train_main
 from scnet.config import load_config
-from scnet.engine.train import NonFiniteLossError, train
+from scnet.train import NonFiniteLossError, train
 
 REPO = Path(__file__).parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

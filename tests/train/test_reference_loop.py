@@ -1,6 +1,6 @@
 """What the optimizer does: a few real training steps against a plain-PyTorch loop written out here.
 
-``scnet.engine.train.train`` runs a few steps of a recipe on a tiny demo set while PyTorch's global module and
+``scnet.train.run.train`` runs a few steps of a recipe on a tiny demo set while PyTorch's global module and
 optimizer hooks record what it fed the model (each micro-batch, the targets the loss saw, the RNG state that
 drop-path draws from), its initial weights and the lr of each optimizer step. A reference loop then replays
 those micro-batches with ``torch.optim.SGD`` and everything else written out: the parameter groups, the
@@ -24,8 +24,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from scnet.config import Config, load_config
 from scnet.data.demo import make_demo
-from scnet.engine.train import train
 from scnet.models import create_model
+from scnet.train import train
 
 RECIPES = Path(__file__).parents[2] / "configs" / "_base_"
 CLASSES, TRAIN_PER_CLASS = 4, 2  # 8 training images: 2 optimizer steps per epoch at batch 4

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from scnet.config import load_config
 from scnet.data.demo import make_demo
-from scnet.engine.seeding import KernelAlerts
-from scnet.engine.train import train
+from scnet.runtime.seeding import KernelAlerts
+from scnet.train import train
 
 REPO = Path(__file__).parents[2]
 RECIPES = sorted((REPO / "configs" / "_base_").glob("recipe_*.yaml"))

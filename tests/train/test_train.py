@@ -11,7 +11,7 @@ import torch
 
 from scnet.cli.train import main as train_main
 from scnet.config import load_config
-from scnet.engine.train import train
+from scnet.train import train
 
 from ..reliability.harness import (
     ENV,

@@ -19,7 +19,7 @@ from scnet.cli.eval import main as eval_main
 from scnet.cli.train import main as train_main
 from scnet.data.demo import make_demo
 
-from . import crafted_state_dict
+from ..inference import crafted_state_dict
 
 REPO = Path(__file__).parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"

@@ -1,0 +1,9 @@
+"""One-line messages from exceptions: what a user reads instead of a traceback."""
+
+from __future__ import annotations
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

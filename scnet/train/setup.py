@@ -1,0 +1,211 @@
+"""Everything a run builds from its Config, in the order a bit-exact resume depends on: seeds, then data, then
+the model, optimizer, schedule, loss, scaler, EMA, DDP and compile."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import Config
+from ..data.builtin import DEMO, resolve_root
+from ..data.device import DevicePreprocess, build_mixup
+from ..data.loader import build_dataset, build_eval_loader, build_loader
+from ..data.stream import TrainStream
+from ..data.transforms import eval_transform, train_transform
+from ..models import create_model
+from ..models.options import model_options
+from ..runtime.distributed import DistInfo
+from ..runtime.seeding import seed_process, use_deterministic_kernels
+from .errors import RunError
+from .state import TrainState
+
+
+def seed(cfg: Config, info: DistInfo) -> None:
+    """Seeds and determinism first, so that every random choice after them is reproducible."""
+    seed_process(cfg.train.seed, info.rank)
+    if cfg.train.deterministic:
+        use_deterministic_kernels(info.device)
+    elif info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclass
+class TrainData:
+    """The training stream, the validation loader and the class list the run indexes labels by."""
+
+    stream: TrainStream
+    val_loader: DataLoader
+    eval_preprocess: DevicePreprocess
+    classes: list[str]
+
+
+def _resolve_data_root(cfg: Config, info: DistInfo) -> Path:
+    """The folder ``data.root`` names; the built-in demo set is drawn (once, by rank 0) when asked for.
+
+    Rank 0 resolves first and shares its outcome, so that every rank fails with the same line (and none
+    waits forever) when the root is missing or cannot be drawn.
+    """
+    error = None
+    if info.is_main:
+        try:
+            resolve_root(cfg.data.root, draw=True)
+        except (ValueError, OSError) as e:
+            error = str(e)
+    if info.world_size > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)  # also the barrier after the drawing
+        error = shared[0]
+    if error is not None:
+        raise RunError(error)
+    root = resolve_root(cfg.data.root)
+    if info.is_main and cfg.data.root == DEMO:
+        print(f"data.root=demo: the built-in demo set, at {root.resolve()}", file=sys.stderr)
+    return root
+
+
+def _datasets(cfg: Config, info: DistInfo) -> tuple[Dataset, Dataset, list[str]]:
+    """Train and val datasets; the val split is indexed by the training split's class list."""
+    root = _resolve_data_root(cfg, info)
+    d = cfg.data
+    train_tf = train_transform(
+        d.image_size,
+        scale=tuple(d.scale),
+        ratio=tuple(d.ratio),
+        interpolation=d.interpolation,
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        randaugment=tuple(d.randaugment) if d.randaugment else None,
+    )
+    eval_tf = eval_transform(d.image_size, d.crop_pct, d.interpolation)
+    # A bad training file is replaced (the batch stays full); a bad val file is skipped (counted once, never twice).
+    train_bad, val_bad = ("raise", "raise") if d.strict else ("replace", "skip")
+    train_ds = build_dataset(root, d.train_split, train_tf, bad_images=train_bad, seed=cfg.train.seed, shuffle=True)
+    classes = list(train_ds.classes)
+    if len(classes) != cfg.model.num_classes:
+        raise RunError(
+            f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes"
+        )
+    val_ds = build_dataset(
+        root,
+        d.val_split,
+        eval_tf,
+        bad_images=val_bad,
+        seed=cfg.train.seed,
+        classes=classes,
+        classes_from=f"the classes of the training split {root / d.train_split}",
+    )
+    return train_ds, val_ds, classes
+
+
+def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
+    """One line when warm-up lasts the whole run: say what the lr then does (timm's linear warm-up, t < warmup_t)."""
+    s, epochs = cfg.schedule, cfg.train.epochs
+    if s.warmup_epochs < epochs or s.warmup_epochs == 0:
+        return
+    # The lr of the last optimizer step (update t = total - 1) of a linear ramp over warmup_epochs.
+    total, ramp = epochs * steps_per_epoch, s.warmup_epochs * steps_per_epoch
+    last = s.warmup_lr + (total - 1) / ramp * (cfg.peak_lr - s.warmup_lr)
+    after = "the cosine decay never starts" if s.name == "cosine" else "no step of schedule.milestones is taken"
+    print(
+        f"scnet-train: warning: schedule.warmup_epochs={s.warmup_epochs} >= train.epochs={epochs}: "
+        f"the whole run is warm-up: the lr rises linearly from {s.warmup_lr:.3g} to {last:.3g} at the last step, "
+        f"below the peak {cfg.peak_lr:.3g}, and {after}",
+        file=sys.stderr,
+    )
+
+
+def build_data(cfg: Config, info: DistInfo) -> TrainData:
+    """The splits, their loaders and the device-side preprocessing; a RunError when a step cannot be made."""
+    train_ds, val_ds, classes = _datasets(cfg, info)
+    micro_batch = cfg.micro_batch_size(info.world_size)
+    train_loader = build_loader(train_ds, micro_batch, cfg.data.workers, train=True, seed=cfg.train.seed)
+    val_loader = build_eval_loader(val_ds, max(micro_batch, 1), cfg.data.workers)
+    preprocess = DevicePreprocess(
+        info.device,
+        channels_last=cfg.model.channels_last,
+        lighting=cfg.data.lighting,
+        random_erasing=cfg.data.random_erasing,
+    )
+    eval_preprocess = DevicePreprocess(info.device, channels_last=cfg.model.channels_last)
+    stream = TrainStream(train_loader, micro_batch, cfg.train.accum_steps, info.device, preprocess)
+    if stream.steps_per_epoch == 0:
+        raise RunError(
+            f"{cfg.data.root}: too few training images for one step of data.batch_size={cfg.data.batch_size}"
+        )
+    if info.is_main:
+        _warn_whole_run_warmup(cfg, stream.steps_per_epoch)
+    return TrainData(stream, val_loader, eval_preprocess, classes)
+
+
+def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
+    m = cfg.model
+    model = create_model(m.name, num_classes=m.num_classes, pretrained=m.pretrained, **model_options(m))
+    minimum = getattr(model, "min_input_size", 0)
+    if cfg.data.image_size < minimum:
+        raise RunError(f"data.image_size={cfg.data.image_size} is below {m.name}'s minimum of {minimum} px")
+    report = getattr(model, "sc_conversion", None)  # set by create_model for model.convert_sc=true
+    if report is not None and info.is_main:
+        print(f"model.convert_sc: {report.summary()}", file=sys.stderr)
+    if m.sync_bn and info.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
+    return model.to(info.device, memory_format=memory_format)
+
+
+def _optimizer_and_schedule(cfg: Config, model: nn.Module, steps_per_epoch: int):
+    o, s = cfg.optim, cfg.schedule
+    # timm's "sgd" is Nesterov SGD; "momentum" is plain SGD with momentum (the PyTorch example's).
+    opt_name = {"sgd": "sgd" if o.nesterov else "momentum", "adamw": "adamw"}[o.name]
+    optimizer = create_optimizer_v2(
+        model,
+        opt=opt_name,
+        lr=cfg.peak_lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        filter_bias_and_bn=o.no_decay_norm_bias,
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched="multistep" if s.name == "step" else "cosine",
+        num_epochs=cfg.train.epochs,
+        decay_milestones=list(s.milestones),
+        decay_rate=s.gamma,
+        warmup_epochs=s.warmup_epochs,
+        warmup_lr=s.warmup_lr,
+        min_lr=s.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    if s.name == "step":
+        # timm decays at the update before each milestone (its t + 1 convention), the last of the epoch before;
+        # the recipes' StepLR multiplies by gamma from the first update of the milestone's epoch.
+        scheduler.decay_t = [m * steps_per_epoch + 1 for m in s.milestones]
+    return optimizer, scheduler
+
+
+def build_state(cfg: Config, info: DistInfo, data: TrainData) -> TrainState:
+    """Model, optimizer, schedule, mixup, loss, scaler, EMA, DDP and compile, in this order."""
+    model = _build_model(cfg, info)
+    optimizer, scheduler = _optimizer_and_schedule(cfg, model, data.stream.steps_per_epoch)
+    mixup = build_mixup(cfg.data.mixup, cfg.data.cutmix, cfg.train.label_smoothing, cfg.model.num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.amp == "fp16")
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    ddp = None
+    if info.world_size > 1:
+        ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    net = ddp or model
+    if cfg.model.compile:
+        net = torch.compile(net)
+    return TrainState(model, net, ddp, optimizer, scheduler, scaler, ema, mixup, criterion, data.classes)
