@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare(args: argparse.Namespace, device: torch.device) -> Evaluation:
-    """Load the checkpoint and read the split (the engine's one path); ValueError (one line) on bad input.
+    """Load the checkpoint and read the split (inference's one path); ValueError (one line) on bad input.
 
     Every rank reads the same files with the same arguments, so an error here is the same on every rank.
     """
