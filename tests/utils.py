@@ -95,3 +95,18 @@ def read_stderr_until(proc, marker: bytes, timeout: float) -> bytes:
             break
         seen += chunk
     return seen
+
+
+def shallow_(model: nn.Module) -> nn.Module:
+    """Keep, of a four-stage network (an SCNet or a timm ResNet), only the first two blocks of ``layer1`` and the
+    first block of each later stage, in place: every kind of block the network has (the stride-1 block with a
+    projection, the strided one with avd/avg-down, the plain repeated one), its stem and head, in 5 blocks
+    instead of 16.
+
+    For the graph checks whose cost grows with the number of blocks (dynamo tracing, AOTAutograd, export):
+    blocks of one kind run the same code, so a graph break or a wrong kernel shows in the first of them.
+    """
+    model.layer1 = model.layer1[:2]
+    for name in ("layer2", "layer3", "layer4"):
+        setattr(model, name, getattr(model, name)[:1])
+    return model

@@ -19,7 +19,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 import scnet
 from scnet.models import SCConv
 
-from ..utils import EXPECTED_BASELINES, randomize_
+from ..utils import EXPECTED_BASELINES, randomize_, shallow_
 from . import reference_release
 
 RELEASE = reference_release.RELEASE_CALIB
@@ -323,10 +323,12 @@ def test_options_keep_compile_and_export_contracts(options, size):
     """torch.compile(fullgraph=True) through AOTAutograd, forward and backward, and torch.export.
 
     float64: in train mode BN normalises the 2x2 and 3x3 last maps of a 36 px batch of two by their own
-    statistics, which amplifies float32 rounding of the compiled kernels to ~1e-3 of the logits.
+    statistics, which amplifies float32 rounding of the compiled kernels to ~1e-3 of the logits. One block of
+    each kind (tests.utils.shallow_): the options reach every SCConv alike
+    (test_options_reach_every_scconv_and_keep_the_state_dict).
     """
     torch._dynamo.reset()
-    model = _model("scnet50", **options).double().train()
+    model = shallow_(_model("scnet50", **options)).double().train()
     compiled_copy = copy.deepcopy(model)
     x = _input(size, dtype=torch.float64)
     got = torch.compile(compiled_copy, fullgraph=True, backend="aot_eager")(x)
