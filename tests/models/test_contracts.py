@@ -54,6 +54,14 @@ def _model(name: str, mode: str = "eval", **kwargs) -> torch.nn.Module:
     return model.train(mode == "train")
 
 
+def _graph_model(name: str, mode: str = "eval") -> torch.nn.Module:
+    """:func:`_model` for the checks that trace, compile or export a graph: SCNet-50 whole, its twins with one
+    block of each kind (tests.utils.shallow_). What a twin adds to SCNet-50 (deep stem, avg-down, avd, grouped
+    convs, SE) is in those blocks; the 11 repeats would only make the trace longer (~15 s a case on 2 cores)."""
+    model = _model(name, mode)
+    return model if name == "scnet50" else shallow_(model)
+
+
 def _input(size: int = SIZE, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(3))
 
@@ -165,7 +173,7 @@ def test_torchscript_runs_the_fused_reductions_in_training_only():
 def test_fx_trace_forward_backward_and_script(name, mode):
     # float64: in training the traced graph runs the reductions layer by layer, eager code fused; gradients of random
     # weights are large, and float32 rounding would hide a real difference or invent one.
-    eager = _model(name, mode).double()
+    eager = _graph_model(name, mode).double()
     traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
     x = _input().double()
     y = torch.randint(0, NUM_CLASSES, (2,), generator=torch.Generator().manual_seed(4))
@@ -360,16 +368,9 @@ def test_prune_intermediate_layers_like_timm_resnet(name, indices):
 @pytest.mark.parametrize("name", TWINS)
 def test_compile_fullgraph(name, mode):
     """No graph break (fullgraph=True raises on one). Train: forward and backward through AOTAutograd
-    (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen).
-
-    SCNet-50 whole; its twins with one block of each kind (tests.utils.shallow_): what they add to SCNet-50
-    (deep stem, avg-down, avd, grouped convs, SE) is in those blocks, and tracing the 11 repeats would take
-    ~15 s a case on 2 cores.
-    """
+    (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen)."""
     torch._dynamo.reset()
-    eager = _model(name, mode)
-    if name != "scnet50":
-        shallow_(eager)
+    eager = _graph_model(name, mode)
     compiled_copy = copy.deepcopy(eager)
     backend = "aot_eager" if mode == "train" else "eager"
     compiled = torch.compile(compiled_copy, fullgraph=True, backend=backend)
@@ -407,7 +408,7 @@ def test_compile_inductor_block_train_step():
 
 @pytest.mark.parametrize("name", TWINS)
 def test_torch_export_equals_eager(name):
-    model = _model(name)
+    model = _graph_model(name)
     x = _input()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
