@@ -272,7 +272,8 @@ def render(run: Path) -> str:
         out += _table(header, rows, right_from=3)
         out += [
             "",
-            "ratio = img/s / baseline img/s (> 1: faster than the baseline). Peak GiB: the CUDA allocator's peak "
+            "ratio = img/s / baseline img/s (> 1: faster than the baseline; — when too few steps were timed for a "
+            "stable median, as in a dry run). Peak GiB: the CUDA allocator's peak "
             "(— on CPU). Saved MiB/img: what a training forward keeps for backward, per image (compiled rows of "
             "train: the compiled graph's; the other rows: the eager model's).",
             "",

@@ -29,6 +29,11 @@ from scnet.models import BASELINES
 from scnet.runtime.precision import AMP_DTYPES, autocast
 
 LAYERWISE = ":layerwise"
+# The fewest timed steps per side whose median a ratio may be given from: the median of 3 or 4 steps is one or
+# two of them, and a single slow step (a page fault, another process, a late kernel choice) moves it by 10x.
+MIN_STEPS_FOR_RATIO = 5
+# A side whose slowest timed step took this many times its fastest ran on a noisy machine: said in the result.
+NOISY_SPREAD = 1.5
 
 
 def saved_activation_bytes(
@@ -279,6 +284,40 @@ def _time_alternating(sides: list[_Side], steps: int, dev: torch.device) -> None
             side.times.append(time.perf_counter() - start)
 
 
+def _ratio_withheld(steps: int) -> str | None:
+    """Why no speed ratio can be given from ``steps`` timed steps per side (None: it can)."""
+    if steps < MIN_STEPS_FOR_RATIO:
+        return (
+            f"{steps} timed step{'' if steps == 1 else 's'} per model are too few for a stable median "
+            f"(at least {MIN_STEPS_FOR_RATIO}: --steps {MIN_STEPS_FOR_RATIO})"
+        )
+    return None
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """The one line the command logs at the end: both speeds with their spread, the ratio or why there is none,
+    the saved bytes."""
+    model, vs = result["model"], result["baseline"]
+    batch = result["batch_size"]
+
+    def speed(prefix: str) -> str:
+        # img/s of the median step, and of the slowest and fastest steps.
+        low, high = batch / result[f"{prefix}step_seconds_max"], batch / result[f"{prefix}step_seconds_min"]
+        return f"{result[f'{prefix}images_per_second']:.1f} img/s ({low:.1f}-{high:.1f})"
+
+    if result["ratio"] is None:
+        ratio = f"no ratio: {result['ratio_withheld']}"
+    else:
+        ratio = f"ratio {result['ratio']:.3f} (> 1: {model} faster)"
+        if result["noisy"]:
+            ratio += f"; noisy: a side's slowest step took over {NOISY_SPREAD}x its fastest"
+    saved = result["saved_bytes_per_image"] / 2**20, result["baseline_saved_bytes_per_image"] / 2**20
+    return (
+        f"{model} {speed('')}, {vs} {speed('baseline_')}; {ratio}; "
+        f"saved for backward {saved[0]:.1f} vs {saved[1]:.1f} MiB/image"
+    )
+
+
 def _result(
     sides: list[_Side],
     saved: list[int],
@@ -292,15 +331,23 @@ def _result(
     seconds = [statistics.median(side.times) for side in sides]
     ips = [settings["batch_size"] / s for s in seconds]
     per_image = [b / settings["batch_size"] for b in saved]
+    withheld = _ratio_withheld(len(sides[0].times))
     return {
         "model": sides[0].name,
         "baseline": sides[1].name,
         "mode": "train" if train else "infer",
         "images_per_second": ips[0],
         "baseline_images_per_second": ips[1],
-        "ratio": ips[0] / ips[1],
+        "ratio": None if withheld else ips[0] / ips[1],
+        "ratio_withheld": withheld,
         "step_seconds": seconds[0],
         "baseline_step_seconds": seconds[1],
+        # The spread of each side's timed steps, so that a reader sees the noise behind the medians.
+        "step_seconds_min": min(sides[0].times),
+        "step_seconds_max": max(sides[0].times),
+        "baseline_step_seconds_min": min(sides[1].times),
+        "baseline_step_seconds_max": max(sides[1].times),
+        "noisy": any(max(side.times) > NOISY_SPREAD * min(side.times) for side in sides),
         "saved_bytes_per_image": per_image[0],
         "baseline_saved_bytes_per_image": per_image[1],
         "saved_ratio": per_image[0] / per_image[1] if per_image[1] else None,
@@ -345,14 +392,18 @@ def bench_model(
         channels_last: models and input in channels_last memory format.
         compile: ``torch.compile(model, backend=compile_backend)`` for both; the warm-up steps compile.
         device: ``"cpu"`` or ``"cuda"``; default: CUDA when available.
-        steps: timed steps per model, after ``warmup`` untimed ones each.
+        steps: timed steps per model, after ``warmup`` untimed ones each (the warm-up's allocations, kernel
+            choices and compilation are never timed). Fewer than ``MIN_STEPS_FOR_RATIO`` give speeds but no ratio.
         threads: ``torch.set_num_threads`` first, when given.
         log: progress messages (default: stderr).
 
     Returns:
         The JSON-ready result. ``ratio`` is images per second of ``model`` over ``vs`` (> 1: ``model`` is
-        faster), from median step times. ``saved_bytes_per_image``: :func:`saved_activation_bytes` of one
-        training forward over the batch size, measured on the compiled module when training compiled
+        faster), from median step times; None with fewer than ``MIN_STEPS_FOR_RATIO`` timed steps, and
+        ``ratio_withheld`` says why. ``step_seconds_min``/``_max`` (and ``baseline_``'s) give each side's spread;
+        ``noisy``: a side's slowest step took over ``NOISY_SPREAD`` times its fastest.
+        ``saved_bytes_per_image``: :func:`saved_activation_bytes` of one training forward over the batch size,
+        measured on the compiled module when training compiled
         (``saved_bytes_measured``: ``"compiled"``), else on the eager one (``"eager"``); ``saved_ratio`` is
         ``model``'s over ``vs``'s (> 1: ``model`` saves more). ``peak_memory_bytes`` (CUDA only, else None):
         the peak of one extra step of that model alone above what was allocated before it, plus its
@@ -408,10 +459,5 @@ def bench_model(
         },
         train=train,
     )
-    ips = [result["images_per_second"], result["baseline_images_per_second"]]
-    per_image = [result["saved_bytes_per_image"], result["baseline_saved_bytes_per_image"]]
-    log(
-        f"{model} {ips[0]:.1f} img/s, {vs} {ips[1]:.1f} img/s, ratio {result['ratio']:.3f} (> 1: {model} faster); "
-        f"saved for backward {per_image[0] / 2**20:.1f} vs {per_image[1] / 2**20:.1f} MiB/image"
-    )
+    log(_summary(result))
     return result

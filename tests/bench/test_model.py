@@ -136,8 +136,14 @@ KEYS = {
     "images_per_second",
     "baseline_images_per_second",
     "ratio",
+    "ratio_withheld",
     "step_seconds",
     "baseline_step_seconds",
+    "step_seconds_min",
+    "step_seconds_max",
+    "baseline_step_seconds_min",
+    "baseline_step_seconds_max",
+    "noisy",
     "saved_bytes_per_image",
     "baseline_saved_bytes_per_image",
     "saved_ratio",
@@ -170,6 +176,9 @@ def _bench(tmp_path, capsys, *args: str) -> dict:
     assert "timing 2 steps" in stderr  # progress on stderr, JSON alone on stdout
     assert result["images_per_second"] > 0 and result["baseline_images_per_second"] > 0
     assert result["step_seconds"] > 0 and result["baseline_step_seconds"] > 0
+    # Two timed steps: speeds, no ratio, and the line says why instead of printing one.
+    assert result["ratio"] is None and "2 timed steps per model are too few" in result["ratio_withheld"]
+    assert "no ratio: 2 timed steps" in stderr and "ratio 0" not in stderr and "ratio 1" not in stderr
     assert result["peak_memory_bytes"] is None and result["baseline_peak_memory_bytes"] is None  # CPU
     assert result["device"] == "cpu (1 thread)"
     assert (result["steps"], result["warmup"], result["batch_size"]) == (2, 1, 2)
@@ -221,6 +230,27 @@ def test_bench_model_compiled(tmp_path, capsys):
     assert (
         result["saved_bytes_per_image"] == result["baseline_saved_bytes_per_image"] == _saved_per_image("resnet50", 64)
     )
+
+
+def test_bench_model_ratio_from_enough_steps_with_each_sides_spread():
+    """Five timed steps: the ratio of the median speeds, each side's min <= median <= max step time, the
+    warm-up steps untimed (their times are not among the recorded ones), the spread in the log line."""
+    lines: list[str] = []
+    result = bench_model(
+        "resnet50", "resnet50", batch_size=2, image_size=64, steps=5, warmup=1, device="cpu", log=lines.append
+    )
+    assert result["ratio_withheld"] is None
+    assert result["ratio"] == result["images_per_second"] / result["baseline_images_per_second"]
+    for prefix in ("", "baseline_"):
+        low, mid, high = (result[f"{prefix}step_seconds{k}"] for k in ("_min", "", "_max"))
+        assert 0 < low <= mid <= high
+        assert result[f"{prefix}images_per_second"] == 2 / mid
+    assert result["noisy"] == any(
+        result[f"{p}step_seconds_max"] > 1.5 * result[f"{p}step_seconds_min"] for p in ("", "baseline_")
+    )
+    last = lines[-1]
+    assert f"ratio {result['ratio']:.3f}" in last
+    assert f"({2 / result['step_seconds_max']:.1f}-{2 / result['step_seconds_min']:.1f})" in last
 
 
 def test_bench_model_unknown_name_is_one_line(capsys):
