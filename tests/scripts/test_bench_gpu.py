@@ -108,7 +108,8 @@ def test_only_runs_the_selected_steps(tmp_path):
     assert steps.pop("loader") == "skipped: needs jpeg-gen"
     assert set(steps.values()) == {"skipped: not in --only"}
     assert sorted(p.name for p in (out / "json").iterdir()) == ["infer-eager-scnet50.json"]
-    _numbers(_row((out / "report.md").read_text(), "scnet50", "infer", "eager"), 3, 2)  # img/s of both (no ratio: 1 step)
+    # img/s of both; no ratio from 1 timed step
+    _numbers(_row((out / "report.md").read_text(), "scnet50", "infer", "eager"), 3, 2)
 
 
 def _write_gpu_run(run: Path) -> None:
