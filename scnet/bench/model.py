@@ -288,7 +288,7 @@ def _ratio_withheld(steps: int) -> str | None:
     """Why no speed ratio can be given from ``steps`` timed steps per side (None: it can)."""
     if steps < MIN_STEPS_FOR_RATIO:
         return (
-            f"{steps} timed step{'' if steps == 1 else 's'} per model are too few for a stable median "
+            f"{steps} timed step{' per model is' if steps == 1 else 's per model are'} too few for a stable median "
             f"(at least {MIN_STEPS_FOR_RATIO}: --steps {MIN_STEPS_FOR_RATIO})"
         )
     return None

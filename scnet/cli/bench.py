@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile both models (the warm-up compiles)")
     p.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager or eager for a quick CPU run")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per model (a speed ratio needs at least 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
     p.add_argument("--json", help="also write the result here")
