@@ -18,9 +18,12 @@ uses the same ATen backward kernels autograd would call, on recomputed inputs; t
 recomputed from the saved batch statistics (``y * scale + shift``), so gradients agree with the
 layer-by-layer path within float rounding. Running statistics are updated once, in forward.
 
-Only for eager training of stock ``BatchNorm2d`` layers; the callers fall back to plain modules for
-TorchScript, FX, ``torch.compile`` (whose partitioner makes the same recompute choices by itself) and
-evaluation. Under autocast, the convolution runs in the dtype autocast gave it in forward.
+Only for training stock ``BatchNorm2d`` layers. Eager autograd runs them as ``autograd.Function`` classes;
+``torch.compile`` as the custom ops ``scnet::calibrated_conv`` and ``scnet::bn_relu_cat_conv`` (same arithmetic),
+whose forward the compiler cannot see into, so the compiled graph keeps what they keep instead of what its
+partitioner would choose (left to itself it keeps the gate and the concatenation: 1.15x ResNet-50's bytes).
+The callers fall back to plain modules for TorchScript, FX, ``torch.export`` and evaluation. Under autocast,
+the convolution runs in the dtype autocast gave it in forward.
 """
 
 from __future__ import annotations
@@ -33,15 +36,25 @@ from torch.autograd.function import once_differentiable
 from .functional import upsample_like
 
 
-def _bn_forward(y: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-mode BN of ``y`` with ``bn``'s parameters, updating its running statistics once.
+def _bn_forward(
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    momentum: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BN of ``y``, updating the running statistics once (in place).
 
     Returns the output and the batch mean and inverse standard deviation that backward needs.
     """
     out, mean, invstd = torch.ops.aten.native_batch_norm(
-        y, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, float(bn.momentum), bn.eps
+        y, weight, bias, running_mean, running_var, True, momentum, eps
     )
-    return out, mean, invstd
+    # A low-precision input with float32 parameters (autocast) gets float32 statistics from the CPU kernel, but
+    # bfloat16 ones from PyTorch's fake kernel, which the compiled custom ops rely on: both made the weight's.
+    return out, mean.to(weight.dtype), invstd.to(weight.dtype)
 
 
 def _bn_recompute(
@@ -117,6 +130,163 @@ def _conv_backward(
     return gi, (gw.to(weight.dtype) if needs_weight else None)
 
 
+def _upsample_backward(grad: torch.Tensor, c: torch.Tensor, mode: str) -> torch.Tensor:
+    """Gradient for ``c`` of ``upsample_like(c, x, mode)`` (``grad`` has ``x``'s size): the ATen kernel autograd
+    itself uses for :func:`~scnet.layers.functional.upsample_like`, which resizes to a size (no scale factors)."""
+    size = [int(s) for s in grad.shape[-2:]]
+    shape = [int(s) for s in c.shape]
+    if mode == "nearest":
+        return torch.ops.aten.upsample_nearest2d_backward(grad, size, shape, None, None)
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, size, shape, False, None, None)
+
+
+# The kernels' arithmetic, shared by the eager autograd Functions and the compiled custom ops below: what each
+# keeps for backward (its inputs and the BN statistics) and how backward recomputes the rest.
+
+
+def _conv_input(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The convolution's input in the weight's dtype. Under autocast (eager) the convolution casts both itself;
+    the custom ops run with autocast off and get the weight already cast to autocast's dtype."""
+    if t.dtype == weight.dtype or torch.is_autocast_enabled(t.device.type):
+        return t
+    return t.to(weight.dtype)
+
+
+def _calibrated_forward(
+    x: torch.Tensor,
+    y3: torch.Tensor,
+    c: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    conv_weight: torch.Tensor,
+    momentum: float,
+    eps: float,
+    identity: bool,
+    upsample: str,
+    conv: tuple[int, int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``conv(bn(y3) * sigmoid(x + up(c)))``, the batch mean and inverse std; ``conv`` is (stride, padding,
+    dilation, groups)."""
+    stride, padding, dilation, groups = conv
+    k3x, mean, invstd = _bn_forward(y3, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+    product = k3x.mul_(_gate(x, c, identity, upsample))
+    out = F.conv2d(_conv_input(product, conv_weight), conv_weight, None, stride, padding, dilation, groups)
+    return out, mean, invstd
+
+
+def _calibrated_backward(
+    grad: torch.Tensor,
+    saved: tuple[torch.Tensor, ...],
+    eps: float,
+    identity: bool,
+    upsample: str,
+    conv: tuple[int, int, int, int],
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients for ``x, y3, c, bn_weight, bn_bias, conv_weight`` (``needs`` says which, in that order) from what
+    forward kept: ``saved`` = ``(x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd)``."""
+    x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd = saved
+    k3x = _bn_recompute(y3, bn_weight, bn_bias, mean, invstd)
+    gate = _gate(x, c, identity, upsample)
+    grad_product, grad_conv = _conv_backward(grad, k3x * gate, conv_weight, *conv, needs[5])
+    grad_k3x = grad_product * gate
+    # d/dz sigmoid(z) = s (1 - s) with the recomputed s, by the kernel autograd itself uses.
+    grad_z = torch.ops.aten.sigmoid_backward(grad_product.mul_(k3x), gate)
+    del k3x, gate, grad_product
+    grad_y3, grad_bn_weight, grad_bn_bias = _bn_backward(
+        grad_k3x, y3, bn_weight, mean, invstd, eps, (needs[1], needs[3], needs[4])
+    )
+    grad_c = _upsample_backward(grad_z, c, upsample) if needs[2] else None
+    grad_x = grad_z if identity and needs[0] else None
+    return grad_x, grad_y3, grad_c, grad_bn_weight, grad_bn_bias, grad_conv
+
+
+def _channels_layout(y: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _cat_forward(
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    bn_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    bn_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    conv_weight: torch.Tensor,
+    config: tuple[float, float, float, float, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``conv(avd(relu(cat(bn_a(y_a), bn_b(y_b)))))`` and both BNs' batch means and inverse stds.
+
+    ``bn_a``/``bn_b``: (weight, bias, running_mean, running_var); ``config``: (momentum_a, eps_a, momentum_b,
+    eps_b, avd_stride)."""
+    momentum_a, eps_a, momentum_b, eps_b, avd_stride = config
+    out_a, mean_a, invstd_a = _bn_forward(y_a, *bn_a, momentum_a, eps_a)
+    out_b, mean_b, invstd_b = _bn_forward(y_b, *bn_b, momentum_b, eps_b)
+    act = torch.cat([out_a, out_b], dim=1).relu_()
+    del out_a, out_b
+    if avd_stride:
+        act = F.avg_pool2d(act, 3, avd_stride, 1)
+    return F.conv2d(_conv_input(act, conv_weight), conv_weight), mean_a, invstd_a, mean_b, invstd_b
+
+
+def _cat_backward(
+    grad: torch.Tensor,
+    saved: tuple[torch.Tensor, ...],
+    config: tuple[float, float, float, float, int],
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients for ``y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight`` (``needs``, in that order) from
+    ``saved`` = ``(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b)``."""
+    y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b = saved
+    _, eps_a, _, eps_b, avd_stride = config
+    layout = _channels_layout(y_a)
+    if torch.compiler.is_compiling():
+        # Traced by AOTAutograd: a plain concatenation, which the compiler fuses with the recomputation.
+        act = torch.cat(
+            [
+                _bn_recompute(y_a, weight_a, bias_a, mean_a, invstd_a),
+                _bn_recompute(y_b, weight_b, bias_b, mean_b, invstd_b),
+            ],
+            dim=1,
+        ).relu_()
+    else:
+        # Both BN outputs written straight into the concatenation (no second copy); its layout is the inputs'.
+        channels = y_a.shape[1]
+        shape = (y_a.shape[0], channels + y_b.shape[1], *y_a.shape[2:])
+        act = torch.empty(shape, dtype=y_a.dtype, device=y_a.device, memory_format=layout)
+        _bn_recompute(y_a, weight_a, bias_a, mean_a, invstd_a, out=act[:, :channels])
+        _bn_recompute(y_b, weight_b, bias_b, mean_b, invstd_b, out=act[:, channels:])
+        act.relu_()
+    pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
+    grad_act, grad_conv = _conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
+    del pooled
+    if avd_stride:
+        grad_act = torch.ops.aten.avg_pool2d_backward(
+            grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
+        )
+    grad_act = torch.ops.aten.threshold_backward(grad_act, act, 0)
+    del act
+    # Channel slices are strided views, on which BN's backward kernel takes a slow path (measured: 1.7x
+    # the time in channels_last); a copy in the BN inputs' layout costs less.
+    grad_a, grad_b = (g.contiguous(memory_format=layout) for g in grad_act.split([y_a.shape[1], y_b.shape[1]], 1))
+    ga = _bn_backward(grad_a, y_a, weight_a, mean_a, invstd_a, eps_a, (needs[0], needs[2], needs[3]))
+    gb = _bn_backward(grad_b, y_b, weight_b, mean_b, invstd_b, eps_b, (needs[1], needs[4], needs[5]))
+    return ga[0], gb[0], ga[1], ga[2], gb[1], gb[2], grad_conv
+
+
+def _bn_tensors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    assert bn.weight is not None and bn.bias is not None
+    assert bn.running_mean is not None and bn.running_var is not None
+    return bn.weight, bn.bias, bn.running_mean, bn.running_var
+
+
+def _conv_config(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    return int(conv.stride[0]), int(conv.padding[0]), int(conv.dilation[0]), conv.groups  # type: ignore[index]
+
+
+# Eager training: autograd Functions (cheaper to call than a custom op, and they may keep Python objects).
+
+
 class _CalibratedConv(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -130,76 +300,34 @@ class _CalibratedConv(torch.autograd.Function):
         bn: nn.BatchNorm2d,
         identity: bool,
         upsample: str,
-        stride: int,
-        padding: int,
-        dilation: int,
-        groups: int,
+        conv: tuple[int, int, int, int],
     ) -> torch.Tensor:
-        k3x, mean, invstd = _bn_forward(y3, bn)
-        product = k3x.mul_(_gate(x, c, identity, upsample))
-        out = F.conv2d(product, conv_weight, None, stride, padding, dilation, groups)
+        _, _, running_mean, running_var = _bn_tensors(bn)
+        momentum, eps = float(bn.momentum), float(bn.eps)  # type: ignore[arg-type]
+        out, mean, invstd = _calibrated_forward(
+            x,
+            y3,
+            c,
+            bn_weight,
+            bn_bias,
+            running_mean,
+            running_var,
+            conv_weight,
+            momentum,
+            eps,
+            identity,
+            upsample,
+            conv,
+        )
         ctx.save_for_backward(x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd)
-        ctx.config = (bn.eps, identity, upsample, stride, padding, dilation, groups)
+        ctx.config = (eps, identity, upsample, conv)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd = ctx.saved_tensors
-        eps, identity, upsample, stride, padding, dilation, groups = ctx.config
-        needs = ctx.needs_input_grad
-        k3x = _bn_recompute(y3, bn_weight, bn_bias, mean, invstd)
-        gate = _gate(x, c, identity, upsample)
-        grad_product, grad_conv = _conv_backward(
-            grad, k3x * gate, conv_weight, stride, padding, dilation, groups, needs[5]
-        )
-        grad_k3x = grad_product * gate
-        # d/dz sigmoid(z) = s (1 - s) with the recomputed s, by the kernel autograd itself uses.
-        grad_z = torch.ops.aten.sigmoid_backward(grad_product.mul_(k3x), gate)
-        del k3x, gate, grad_product
-        grad_y3, grad_bn_weight, grad_bn_bias = _bn_backward(
-            grad_k3x, y3, bn_weight, mean, invstd, eps, (needs[1], needs[3], needs[4])
-        )
-        grad_c = None
-        if needs[2]:
-            with torch.enable_grad():  # the upsampling's own backward, for either mode
-                c_ = c.detach().requires_grad_()
-                (grad_c,) = torch.autograd.grad(upsample_like(c_, x, upsample), c_, grad_z)
-        grad_x = grad_z if identity and needs[0] else None
-        return grad_x, grad_y3, grad_c, grad_bn_weight, grad_bn_bias, grad_conv, *([None] * 7)
-
-
-def calibrated_conv(
-    x: torch.Tensor,
-    y3: torch.Tensor,
-    c: torch.Tensor,
-    bn: nn.BatchNorm2d,
-    conv: nn.Conv2d,
-    identity: bool,
-    upsample: str,
-) -> torch.Tensor:
-    """``conv(bn(y3) * sigmoid(x + up(c)))`` in training mode, keeping only ``x``, ``y3`` and ``c`` for backward.
-
-    ``x`` is SCConv's input, ``y3`` its ``k3`` convolution's output (before ``k3``'s BN, ``bn``), ``c`` the
-    calibration context ``k2(pool(x))``, ``conv`` the ``k4`` convolution (bias-free). ``bn`` must be a stock
-    training-mode ``BatchNorm2d``; its running statistics are updated (``num_batches_tracked`` is the
-    caller's).
-    """
-    return _CalibratedConv.apply(
-        x,
-        y3,
-        c,
-        bn.weight,
-        bn.bias,
-        conv.weight,
-        bn,
-        identity,
-        upsample,
-        conv.stride[0],
-        conv.padding[0],
-        conv.dilation[0],
-        conv.groups,
-    )
+        grads = _calibrated_backward(grad, ctx.saved_tensors, *ctx.config, ctx.needs_input_grad)
+        return *grads, None, None, None, None
 
 
 class _BnReluCatConv(torch.autograd.Function):
@@ -217,55 +345,176 @@ class _BnReluCatConv(torch.autograd.Function):
         bn_b: nn.BatchNorm2d,
         avd_stride: int,
     ) -> torch.Tensor:
-        out_a, mean_a, invstd_a = _bn_forward(y_a, bn_a)
-        out_b, mean_b, invstd_b = _bn_forward(y_b, bn_b)
-        act = torch.cat([out_a, out_b], dim=1).relu_()
-        del out_a, out_b
-        if avd_stride:
-            act = F.avg_pool2d(act, 3, avd_stride, 1)
-        out = F.conv2d(act, conv_weight)
-        ctx.save_for_backward(
-            y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b
+        config = (float(bn_a.momentum), float(bn_a.eps), float(bn_b.momentum), float(bn_b.eps), avd_stride)  # type: ignore[arg-type]
+        stats_a, stats_b = _bn_tensors(bn_a)[2:], _bn_tensors(bn_b)[2:]
+        out, *stats = _cat_forward(
+            y_a, y_b, (weight_a, bias_a, *stats_a), (weight_b, bias_b, *stats_b), conv_weight, config
         )
-        ctx.config = (bn_a.eps, bn_b.eps, avd_stride)
+        ctx.save_for_backward(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, *stats)
+        ctx.config = config
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b = (
-            ctx.saved_tensors
+        return *_cat_backward(grad, ctx.saved_tensors, ctx.config, ctx.needs_input_grad), None, None, None
+
+
+# Compiled training: the same kernels as custom ops, which dynamo and AOTAutograd keep as single nodes. Their
+# forward is opaque to the compiler, so the compiled graph saves exactly what setup_context saves; backward is
+# traced from the same ATen calls and compiled with the rest. An op with autograd must be functional: it returns
+# the updated running statistics (a few hundred floats) and the caller copies them into the BN's buffers.
+
+
+@torch.library.custom_op("scnet::calibrated_conv", mutates_args=())
+def _calibrated_conv_op(
+    x: torch.Tensor,
+    y3: torch.Tensor,
+    c: torch.Tensor,
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    conv_weight: torch.Tensor,
+    momentum: float,
+    eps: float,
+    identity: bool,
+    upsample: str,
+    conv: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    config = (conv[0], conv[1], conv[2], conv[3])
+    stats = running_mean.clone(), running_var.clone()
+    with torch.autocast(x.device.type, enabled=False):  # the caller cast conv_weight as autocast would
+        out = _calibrated_forward(
+            x, y3, c, bn_weight, bn_bias, *stats, conv_weight, momentum, eps, identity, upsample, config
         )
-        eps_a, eps_b, avd_stride = ctx.config
-        needs = ctx.needs_input_grad
-        # Both BN outputs written straight into the concatenation (no second copy); its layout is the inputs'.
-        channels = y_a.shape[1]
-        layout = (
-            torch.channels_last if y_a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return *out, *stats
+
+
+# The real arithmetic on fake tensors gives the real shapes, dtypes and strides.
+_calibrated_conv_op.register_fake(_calibrated_conv_op._init_fn)
+
+
+def _calibrated_conv_setup(ctx, inputs, output) -> None:
+    x, y3, c, bn_weight, bn_bias, _, _, conv_weight, _, eps, identity, upsample, conv = inputs
+    _, mean, invstd, *stats = output
+    ctx.save_for_backward(x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd)
+    ctx.config = (eps, identity, upsample, tuple(conv))
+    ctx.mark_non_differentiable(mean, invstd, *stats)
+
+
+def _calibrated_conv_backward(ctx, grad, *_grad_stats):
+    needs = ctx.needs_input_grad
+    grads = _calibrated_backward(grad, ctx.saved_tensors, *ctx.config, (*needs[:5], needs[7]))
+    return *grads[:5], None, None, grads[5], None, None, None, None, None
+
+
+_calibrated_conv_op.register_autograd(_calibrated_conv_backward, setup_context=_calibrated_conv_setup)
+
+
+@torch.library.custom_op("scnet::bn_relu_cat_conv", mutates_args=())
+def _bn_relu_cat_conv_op(
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    weight_a: torch.Tensor,
+    bias_a: torch.Tensor,
+    mean_a: torch.Tensor,
+    var_a: torch.Tensor,
+    weight_b: torch.Tensor,
+    bias_b: torch.Tensor,
+    mean_b: torch.Tensor,
+    var_b: torch.Tensor,
+    conv_weight: torch.Tensor,
+    momentum_a: float,
+    eps_a: float,
+    momentum_b: float,
+    eps_b: float,
+    avd_stride: int,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
+    config = (momentum_a, eps_a, momentum_b, eps_b, avd_stride)
+    stats_a, stats_b = (mean_a.clone(), var_a.clone()), (mean_b.clone(), var_b.clone())
+    with torch.autocast(y_a.device.type, enabled=False):  # the caller cast conv_weight as autocast would
+        out = _cat_forward(y_a, y_b, (weight_a, bias_a, *stats_a), (weight_b, bias_b, *stats_b), conv_weight, config)
+    return *out, *stats_a, *stats_b
+
+
+_bn_relu_cat_conv_op.register_fake(_bn_relu_cat_conv_op._init_fn)
+
+
+def _bn_relu_cat_conv_setup(ctx, inputs, output) -> None:
+    y_a, y_b, weight_a, bias_a, _, _, weight_b, bias_b, _, _, conv_weight, *config = inputs
+    _, mean_a, invstd_a, mean_b, invstd_b, *stats = output
+    ctx.save_for_backward(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b)
+    ctx.config = tuple(config)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _bn_relu_cat_conv_backward(ctx, grad, *_grad_stats):
+    n = ctx.needs_input_grad
+    ga, gb, gwa, gba, gwb, gbb, gconv = _cat_backward(grad, ctx.saved_tensors, ctx.config, (*n[:4], *n[6:8], n[10]))
+    return ga, gb, gwa, gba, None, None, gwb, gbb, None, None, gconv, None, None, None, None, None
+
+
+_bn_relu_cat_conv_op.register_autograd(_bn_relu_cat_conv_backward, setup_context=_bn_relu_cat_conv_setup)
+
+
+def _autocast(weight: torch.Tensor) -> torch.Tensor:
+    """A convolution weight in the dtype autocast would run the convolution in (itself outside autocast)."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return weight.to(torch.get_autocast_dtype(device))
+    return weight
+
+
+def calibrated_conv(
+    x: torch.Tensor,
+    y3: torch.Tensor,
+    c: torch.Tensor,
+    bn: nn.BatchNorm2d,
+    conv: nn.Conv2d,
+    identity: bool,
+    upsample: str,
+) -> torch.Tensor:
+    """``conv(bn(y3) * sigmoid(x + up(c)))`` in training mode, keeping only ``x``, ``y3`` and ``c`` for backward.
+
+    ``x`` is SCConv's input, ``y3`` its ``k3`` convolution's output (before ``k3``'s BN, ``bn``), ``c`` the
+    calibration context ``k2(pool(x))``, ``conv`` the ``k4`` convolution (bias-free). ``bn`` must be a stock
+    training-mode ``BatchNorm2d``; its running statistics are updated (``num_batches_tracked`` is the
+    caller's). Under ``torch.compile`` it runs as the custom op ``torch.ops.scnet.calibrated_conv``.
+    """
+    weight, bias, running_mean, running_var = _bn_tensors(bn)
+    if torch.compiler.is_compiling():
+        config = list(_conv_config(conv))
+        momentum = float(bn.momentum)  # type: ignore[arg-type]
+        out, _, _, new_mean, new_var = _calibrated_conv_op(
+            x,
+            y3,
+            c,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            _autocast(conv.weight),
+            momentum,
+            bn.eps,
+            identity,
+            upsample,
+            config,
         )
-        shape = (y_a.shape[0], channels + y_b.shape[1], *y_a.shape[2:])
-        act = torch.empty(shape, dtype=y_a.dtype, device=y_a.device, memory_format=layout)
-        _bn_recompute(y_a, weight_a, bias_a, mean_a, invstd_a, out=act[:, :channels])
-        _bn_recompute(y_b, weight_b, bias_b, mean_b, invstd_b, out=act[:, channels:])
-        act.relu_()
-        pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
-        grad_act, grad_conv = _conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
-        del pooled
-        if avd_stride:
-            grad_act = torch.ops.aten.avg_pool2d_backward(
-                grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
-            )
-        grad_act = torch.ops.aten.threshold_backward(grad_act, act, 0)
-        del act
-        # Channel slices are strided views, on which BN's backward kernel takes a slow path (measured: 1.7x
-        # the time in channels_last); a copy in the BN inputs' layout costs less.
-        layout = (
-            torch.channels_last if y_a.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        )
-        grad_a, grad_b = (g.contiguous(memory_format=layout) for g in grad_act.split([y_a.shape[1], y_b.shape[1]], 1))
-        ga = _bn_backward(grad_a, y_a, weight_a, mean_a, invstd_a, eps_a, (needs[0], needs[2], needs[3]))
-        gb = _bn_backward(grad_b, y_b, weight_b, mean_b, invstd_b, eps_b, (needs[1], needs[4], needs[5]))
-        return ga[0], gb[0], ga[1], ga[2], gb[1], gb[2], grad_conv, None, None, None
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+        return out
+    return _CalibratedConv.apply(x, y3, c, weight, bias, conv.weight, bn, identity, upsample, _conv_config(conv))
 
 
 def bn_relu_cat_conv(
@@ -275,11 +524,21 @@ def bn_relu_cat_conv(
 
     ``conv`` is a bias-free 1x1 convolution; ``avd_stride`` > 0 puts the v1d block's 3x3 average pool
     (padding 1, that stride) before it. The BNs must be stock training-mode ``BatchNorm2d`` layers;
-    their running statistics are updated (``num_batches_tracked`` is the caller's).
+    their running statistics are updated (``num_batches_tracked`` is the caller's). Under ``torch.compile`` it
+    runs as the custom op ``torch.ops.scnet.bn_relu_cat_conv``.
     """
-    return _BnReluCatConv.apply(
-        y_a, y_b, bn_a.weight, bn_a.bias, bn_b.weight, bn_b.bias, conv.weight, bn_a, bn_b, avd_stride
-    )
+    if torch.compiler.is_compiling():
+        momentum_a, momentum_b = float(bn_a.momentum), float(bn_b.momentum)  # type: ignore[arg-type]
+        bns = *_bn_tensors(bn_a), *_bn_tensors(bn_b)
+        out, _, _, _, _, *stats = _bn_relu_cat_conv_op(
+            y_a, y_b, *bns, _autocast(conv.weight), momentum_a, bn_a.eps, momentum_b, bn_b.eps, avd_stride
+        )
+        for buffer, new in zip((bns[2], bns[3], bns[6], bns[7]), stats, strict=True):
+            buffer.copy_(new)
+        return out
+    weight_a, bias_a, _, _ = _bn_tensors(bn_a)
+    weight_b, bias_b, _, _ = _bn_tensors(bn_b)
+    return _BnReluCatConv.apply(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv.weight, bn_a, bn_b, avd_stride)
 
 
 class _SharedInputConv1x1(torch.autograd.Function):
@@ -302,5 +561,8 @@ class _SharedInputConv1x1(torch.autograd.Function):
 def shared_input_conv1x1(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat([F.conv2d(x, w) for w in weights], 1)`` as one convolution (1x1, stride 1, no bias), like
     :func:`fused.conv1x1_shared_input`, but backward concatenates the weights again instead of keeping the
-    concatenation from forward."""
+    concatenation from forward. Under ``torch.compile`` the plain concatenation: the compiler chooses itself whether
+    to keep it, and the weights are a fixed amount of memory."""
+    if torch.compiler.is_compiling():
+        return F.conv2d(x, torch.cat(weights))
     return _SharedInputConv1x1.apply(x, *weights)

@@ -31,10 +31,10 @@ torch.fx.wrap("upsample_like")
 
 
 def can_run_lean(x: torch.Tensor, bns: list[nn.Module]) -> bool:
-    """Whether the lean training kernels (``lean.py``) may run: eager autograd in training mode over stock
-    BatchNorm2d layers. TorchScript, FX and ``torch.compile`` get the plain layers (the compiler's own
-    partitioner decides what to recompute); evaluation saves nothing for backward anyway."""
-    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+    """Whether the lean training kernels (``lean.py``) may run: autograd in training mode over stock BatchNorm2d
+    layers, eager or under ``torch.compile`` (as custom ops). TorchScript, FX and ``torch.export`` get the plain
+    layers (an exported program must not need scnet's operators); evaluation saves nothing for backward anyway."""
+    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_exporting():
         return False
     return all(bn.training and is_plain_bn(bn) for bn in bns)
 

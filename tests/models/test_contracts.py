@@ -388,14 +388,15 @@ def test_compile_fullgraph(name, mode):
 
 @pytest.mark.slow
 def test_compile_inductor_block_train_step():
-    """The default backend (inductor, C++ codegen on CPU) on one strided SC block, forward and backward:
-    the fused reductions with their BN write-back, SCConv's pooling, upsampling and gating. (A whole
-    SCNet-50 takes about 3 minutes to compile on 2 cores; its graphs are those checked above.)"""
+    """The default backend (inductor, C++ codegen on CPU) on one strided SC block, forward and backward, in
+    float64: the fused reductions with their BN write-back, SCConv's pooling, upsampling and gating, the lean
+    kernels' custom ops and their traced backward. (A whole SCNet-50 takes about 3 minutes to compile on 2
+    cores; its graphs are those checked above.)"""
     torch._dynamo.reset()
-    block = randomize_(_model("scnet50", "train").layer2[0], seed=2)
+    block = randomize_(_model("scnet50", "train").layer2[0], seed=2).double()
     compiled_copy = copy.deepcopy(block)
     compiled = torch.compile(compiled_copy, fullgraph=True)
-    x = torch.randn(2, 256, 24, 24, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(2, 256, 24, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     got, want = compiled(x), block(x)
     _close(got, want)
     got.sum().backward()

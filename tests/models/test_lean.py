@@ -12,7 +12,7 @@ import scnet
 from scnet.bench.model import saved_activation_bytes
 from scnet.layers.scconv import SCConv
 
-from ..utils import randomize_
+from ..utils import randomize_, shallow_
 
 CL = torch.channels_last
 
@@ -68,7 +68,8 @@ def test_ablation_options_through_the_lean_kernels(memory_format):
 def test_bf16_autocast_as_accurate_as_the_plain_layers(name):
     """Under autocast the kernels' convolutions run in bfloat16 as the plain layers' do: forward equal, and
     gradients as close to float64 ones as the plain layers' bfloat16 gradients are. A strided block
-    (v1d: with its 3x3 average pool), default initialisation."""
+    (v1d: with its 3x3 average pool), default initialisation. Compiled: see
+    test_compiled_bf16_autocast_as_accurate_as_the_plain_layers."""
     torch.manual_seed(0)
     model = scnet.create_model(name)
     block = model.layer2[0].train()
@@ -115,20 +116,6 @@ def test_standalone_scconv_lean_equals_plain():
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
 
 
-def test_a_block_keeps_seven_fewer_half_width_maps():
-    """What the kernels stop keeping, counted against the layer-by-layer block: SCConv's gate, k3's BN output
-    and their product, the two branches' ReLU outputs and their concatenation (two), one half-width map
-    each; they keep one more r x r pooled map (the context, to recompute the gate). Channels_last, where
-    the reductions are two layers in both paths, so nothing else differs."""
-    lean, plain = _pair("scnet50", CL)
-    # Pooled to logits, so the counter's cross-entropy step applies; the head saves the same in both.
-    heads = [torch.nn.Sequential(m.layer1[1], torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()) for m in (lean, plain)]
-    x = torch.randn(2, 256, 24, 24, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
-    saved = [saved_activation_bytes(head, x, torch.zeros(2, dtype=torch.long)) for head in heads]
-    half = lean.layer1[1].bn1_a.num_features  # 32 channels
-    assert saved[1] - saved[0] == (7 * (2 * half * 24 * 24) - 2 * half * 6 * 6) * 8
-
-
 def test_inference_and_frozen_bn_take_the_plain_layers():
     """No grad, eval mode or a non-stock BN: plain layers (the kernels assume training-mode BatchNorm2d)."""
     from timm.layers import freeze_batch_norm_2d
@@ -167,3 +154,115 @@ def test_saved_activations_within_five_percent_of_the_baseline(name, baseline):
     layer_by_layer = saved_activation_bytes(plain, x, y)
     assert sc <= 1.05 * base
     assert layer_by_layer > 1.15 * base  # the goal is the kernels' doing: the plain layers keep far more
+
+
+# ------------------------------------------------------------- compiled: torch.compile runs the custom ops
+
+
+def _compiled(model: torch.nn.Module, backend: str = "aot_eager") -> torch.nn.Module:
+    """``torch.compile(fullgraph=True)``; ``aot_eager`` runs AOTAutograd (functionalisation, the joint graph, the
+    partition into forward and backward, the custom ops' fake kernels and traced backward) without inductor's
+    code generation, so what is compared is the ops' arithmetic (inductor's: tests/models/test_contracts.py)."""
+    torch._dynamo.reset()
+    return torch.compile(model, backend=backend, fullgraph=True)
+
+
+OPTIONS = dict(pooling_r=2, pool_type="max", pool_ceil_mode=True, calib_identity=False, upsample="bilinear")
+
+
+@pytest.mark.parametrize(
+    ("name", "memory_format", "options"),
+    [
+        ("scnet50_v1d", torch.contiguous_format, {}),  # fused reductions, avd before conv3, avg-down shortcut
+        ("sc_resnext50_32x4d", CL, {}),  # grouped 3x3s, reductions as two layers
+        ("scnet50_v1d", CL, OPTIONS),  # every calibration option the kernels handle themselves
+    ],
+    ids=["v1d-nchw", "resnext-channels_last", "options"],
+)
+def test_compiled_step_equals_layer_by_layer(name, memory_format, options):
+    """Compiled training runs the lean kernels as custom ops (scnet::calibrated_conv, scnet::bn_relu_cat_conv): one
+    step's output, every gradient and every BN buffer equal the eager plain layers' in float64. One block of
+    each kind (shallow_), since the ops run per block."""
+    lean, plain = (shallow_(m) for m in _pair(name, memory_format, **options))
+    _assert_same_step(_compiled(lean), plain, _input(memory_format, size=100))
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_a_block_keeps_seven_fewer_half_width_maps(backend):
+    """What the kernels stop keeping, counted against the layer-by-layer block: SCConv's gate, k3's BN output
+    and their product, the two branches' ReLU outputs and their concatenation (two), one half-width map
+    each; they keep one more r x r pooled map (the context, to recompute the gate). Channels_last, where
+    the reductions are two layers in both paths, so nothing else differs.
+
+    Compiled (AOTAutograd), the graph keeps byte for byte what the eager kernels keep: the custom ops are in it,
+    not a silent fallback to the plain layers, which keep the seven maps again."""
+    lean, plain = _pair("scnet50", CL)
+    # Pooled to logits, so the counter's cross-entropy step applies; the head saves the same in both.
+    heads = [torch.nn.Sequential(m.layer1[1], torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()) for m in (lean, plain)]
+    x = torch.randn(2, 256, 24, 24, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    y = torch.zeros(2, dtype=torch.long)
+    eager = [saved_activation_bytes(head, x, y) for head in heads]
+    half = lean.layer1[1].bn1_a.num_features  # 32 channels
+    fewer = (7 * (2 * half * 24 * 24) - 2 * half * 6 * 6) * 8
+    if backend == "eager":
+        assert eager[1] - eager[0] == fewer
+        return
+    compiled = [saved_activation_bytes(_compiled(head), x, y) for head in heads]
+    assert compiled[0] == eager[0]
+    assert compiled[1] - compiled[0] >= fewer
+
+
+def test_compiled_bf16_autocast_as_accurate_as_the_plain_layers():
+    """Compiled under bf16 autocast (the ops get the convolution weight cast as autocast would, and run with
+    autocast off): output in bfloat16, gradients as close to float64 ones as the plain layers' bfloat16
+    gradients, eager or compiled, are. The strided v1d block (3x3 average pool), default initialisation."""
+    torch.manual_seed(0)
+    block = scnet.create_model("scnet50_v1d").layer2[0].train()
+    x = torch.randn(4, 256, 32, 32, generator=torch.Generator().manual_seed(5))
+    weights = torch.randn(4, 512, 16, 16, generator=torch.Generator().manual_seed(6))
+
+    def grads(fused: bool, compiled: bool, amp: bool = True, dtype: torch.dtype = torch.float32):
+        m = copy.deepcopy(block).to(dtype)
+        m.apply(lambda mod: setattr(mod, "fused", fused) if hasattr(mod, "fused") else None)
+        xi = x.to(dtype, copy=True).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = (_compiled(m) if compiled else m)(xi)
+        assert out.dtype == (torch.bfloat16 if amp else dtype)
+        (out.to(dtype) * weights.to(dtype)).sum().backward()
+        return {"input": xi.grad.double(), **{n: p.grad.double() for n, p in m.named_parameters()}}
+
+    exact = grads(False, False, amp=False, dtype=torch.float64)
+    lean = grads(True, True)
+    plain = [grads(False, False), grads(False, True)]
+    for key, want in exact.items():
+        err_lean = float((lean[key] - want).norm() / want.norm())
+        err_plain = max(float((p[key] - want).norm() / want.norm()) for p in plain)
+        assert err_lean <= 1.1 * err_plain + 1e-3, (key, err_lean, err_plain)
+
+
+@pytest.mark.parametrize("dtypes", ["float64", "bf16-autocast"])
+def test_custom_ops_pass_opcheck(dtypes):
+    """torch.library.opcheck: schema, fake kernels against the real ones (shapes, dtypes, strides), autograd
+    registration, AOT dispatch. Channels_last inputs; bf16 activations with float32 BN parameters and
+    statistics are what autocast hands the ops (the fake BN kernel's statistics once differed in dtype there)."""
+    from scnet.layers import lean as ops
+
+    act = torch.float64 if dtypes == "float64" else torch.bfloat16
+    par = torch.float64 if dtypes == "float64" else torch.float32
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape, dtype=act, grad=True):
+        value = torch.randn(*shape, generator=g, dtype=dtype)
+        if len(shape) == 4:
+            value = value.contiguous(memory_format=CL)
+        return value.requires_grad_(grad)
+
+    def bn(n):
+        return [t(n, dtype=par), t(n, dtype=par), t(n, dtype=par, grad=False), t(n, dtype=par, grad=False).abs()]
+
+    calibrated = (t(2, 8, 13, 11), t(2, 8, 13, 11), t(2, 8, 3, 2), *bn(8), t(8, 4, 3, 3), 0.1, 1e-5, True)
+    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "nearest", [2, 1, 1, 2]))
+    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "bilinear", [1, 1, 1, 2]))
+    cat = (t(2, 4, 9, 9), t(2, 6, 9, 9), *bn(4), *bn(6), t(12, 10, 1, 1), 0.1, 1e-5, 0.2, 1e-3)
+    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 0))
+    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 2))
