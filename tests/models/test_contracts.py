@@ -368,13 +368,18 @@ def test_prune_intermediate_layers_like_timm_resnet(name, indices):
 @pytest.mark.parametrize("name", TWINS)
 def test_compile_fullgraph(name, mode):
     """No graph break (fullgraph=True raises on one). Train: forward and backward through AOTAutograd
-    (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen)."""
+    (the aot_eager backend: every graph torch.compile builds, without inductor's C++ codegen), where the lean
+    kernels run as custom ops; in float64 against the plain layers (set_fused(False)), the layers as drawn."""
     torch._dynamo.reset()
     eager = _graph_model(name, mode)
+    x = _input()
+    if mode == "train":
+        eager, x = eager.double(), x.double()
     compiled_copy = copy.deepcopy(eager)
+    if mode == "train":
+        eager.set_fused(False)
     backend = "aot_eager" if mode == "train" else "eager"
     compiled = torch.compile(compiled_copy, fullgraph=True, backend=backend)
-    x = _input()
     got, want = compiled(x), eager(x)
     _close(got, want)
     if mode == "train":

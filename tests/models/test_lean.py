@@ -170,21 +170,13 @@ def _compiled(model: torch.nn.Module, backend: str = "aot_eager") -> torch.nn.Mo
 OPTIONS = dict(pooling_r=2, pool_type="max", pool_ceil_mode=True, calib_identity=False, upsample="bilinear")
 
 
-@pytest.mark.parametrize(
-    ("name", "memory_format", "options"),
-    [
-        ("scnet50_v1d", torch.contiguous_format, {}),  # fused reductions, avd before conv3, avg-down shortcut
-        ("sc_resnext50_32x4d", CL, {}),  # grouped 3x3s, reductions as two layers
-        ("scnet50_v1d", CL, OPTIONS),  # every calibration option the kernels handle themselves
-    ],
-    ids=["v1d-nchw", "resnext-channels_last", "options"],
-)
-def test_compiled_step_equals_layer_by_layer(name, memory_format, options):
-    """Compiled training runs the lean kernels as custom ops (scnet::calibrated_conv, scnet::bn_relu_cat_conv): one
-    step's output, every gradient and every BN buffer equal the eager plain layers' in float64. One block of
-    each kind (shallow_), since the ops run per block."""
-    lean, plain = (shallow_(m) for m in _pair(name, memory_format, **options))
-    _assert_same_step(_compiled(lean), plain, _input(memory_format, size=100))
+def test_compiled_options_and_channels_last_equal_layer_by_layer():
+    """Compiled training runs the lean kernels as custom ops (scnet::calibrated_conv, scnet::bn_relu_cat_conv):
+    one step's output, every gradient and every BN buffer equal the eager plain layers' in float64, here in
+    channels_last, with grouped 3x3s and every calibration option the kernels handle themselves (the default
+    options in NCHW: test_contracts' test_compile_fullgraph). One block of each kind (shallow_)."""
+    lean, plain = (shallow_(m) for m in _pair("sc_resnext50_32x4d", CL, **OPTIONS))
+    _assert_same_step(_compiled(lean), plain, _input(CL, size=100))
 
 
 @pytest.mark.parametrize("backend", ["eager", "compiled"])
@@ -243,7 +235,7 @@ def test_compiled_bf16_autocast_as_accurate_as_the_plain_layers():
 @pytest.mark.parametrize("dtypes", ["float64", "bf16-autocast"])
 def test_custom_ops_pass_opcheck(dtypes):
     """torch.library.opcheck: schema, fake kernels against the real ones (shapes, dtypes, strides), autograd
-    registration, AOT dispatch. Channels_last inputs; bf16 activations with float32 BN parameters and
+    registration. Channels_last inputs; bf16 activations with float32 BN parameters and
     statistics are what autocast hands the ops (the fake BN kernel's statistics once differed in dtype there)."""
     from scnet.layers import lean as ops
 
@@ -261,8 +253,10 @@ def test_custom_ops_pass_opcheck(dtypes):
         return [t(n, dtype=par), t(n, dtype=par), t(n, dtype=par, grad=False), t(n, dtype=par, grad=False).abs()]
 
     calibrated = (t(2, 8, 13, 11), t(2, 8, 13, 11), t(2, 8, 3, 2), *bn(8), t(8, 4, 3, 3), 0.1, 1e-5, True)
-    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "nearest", [2, 1, 1, 2]))
-    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "bilinear", [1, 1, 1, 2]))
+    # AOT dispatch is what the compiled tests above run.
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "nearest", [2, 1, 1, 2]), test_utils=checks)
+    torch.library.opcheck(ops._calibrated_conv_op, (*calibrated, "bilinear", [1, 1, 1, 2]), test_utils=checks)
     cat = (t(2, 4, 9, 9), t(2, 6, 9, 9), *bn(4), *bn(6), t(12, 10, 1, 1), 0.1, 1e-5, 0.2, 1e-3)
-    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 0))
-    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 2))
+    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 0), test_utils=checks)
+    torch.library.opcheck(ops._bn_relu_cat_conv_op, (*cat, 2), test_utils=checks)
