@@ -95,9 +95,9 @@ def _bn_backward(
 
 def _gate(x: torch.Tensor, c: torch.Tensor, identity: bool, upsample: str) -> torch.Tensor:
     """``sigmoid(x + up(c))`` (or ``sigmoid(up(c))``), as SCConv.gate computes it."""
-    context = upsample_like(c, x, upsample)
+    context = upsample_like(c, x, upsample)  # a new tensor: the sum can go into it (one full-size map fewer)
     if identity:
-        return (x + context).sigmoid_()
+        return context.add_(x).sigmoid_()
     return context.sigmoid_()
 
 
@@ -190,11 +190,23 @@ def _calibrated_backward(
     x, y3, c, bn_weight, bn_bias, conv_weight, mean, invstd = saved
     k3x = _bn_recompute(y3, bn_weight, bn_bias, mean, invstd)
     gate = _gate(x, c, identity, upsample)
-    grad_product, grad_conv = _conv_backward(grad, k3x * gate, conv_weight, *conv, needs[5])
-    grad_k3x = grad_product * gate
+    product = k3x * gate
+    grad_product, grad_conv = _conv_backward(grad, product, conv_weight, *conv, needs[5])
+    # Full-size maps are the step's cost on CPU (each a fresh allocation): the product's buffer takes k3x's
+    # gradient, and the sigmoid's gradient goes into the product's where the dtypes allow.
+    if torch.promote_types(grad_product.dtype, gate.dtype) == product.dtype:
+        grad_k3x = torch.mul(grad_product, gate, out=product)
+    else:  # autocast: a bfloat16 gradient and a float32 gate
+        grad_k3x = grad_product * gate
+    del product
+    grad_product.mul_(k3x)
+    del k3x
     # d/dz sigmoid(z) = s (1 - s) with the recomputed s, by the kernel autograd itself uses.
-    grad_z = torch.ops.aten.sigmoid_backward(grad_product.mul_(k3x), gate)
-    del k3x, gate, grad_product
+    if grad_product.dtype == gate.dtype:
+        grad_z = torch.ops.aten.sigmoid_backward.grad_input(grad_product, gate, grad_input=grad_product)
+    else:
+        grad_z = torch.ops.aten.sigmoid_backward(grad_product, gate)
+    del gate, grad_product
     grad_y3, grad_bn_weight, grad_bn_bias = _bn_backward(
         grad_k3x, y3, bn_weight, mean, invstd, eps, (needs[1], needs[3], needs[4])
     )
@@ -264,7 +276,10 @@ def _cat_backward(
         grad_act = torch.ops.aten.avg_pool2d_backward(
             grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
         )
-    grad_act = torch.ops.aten.threshold_backward(grad_act, act, 0)
+    if grad_act.dtype == act.dtype:  # in place: one full-width map fewer
+        grad_act = torch.ops.aten.threshold_backward.grad_input(grad_act, act, 0, grad_input=grad_act)
+    else:
+        grad_act = torch.ops.aten.threshold_backward(grad_act, act, 0)
     del act
     # Channel slices are strided views, on which BN's backward kernel takes a slow path (measured: 1.7x
     # the time in channels_last); a copy in the BN inputs' layout costs less.
