@@ -3,11 +3,12 @@ demo set and the uninterrupted training run that the resume and fault tests comp
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,12 +85,50 @@ def module_tmp(request, tmp_path_factory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# Under pytest-xdist the workers are separate processes, each with its own session: a session fixture that
+# trains would train once per worker. The fixtures below are made once per test run instead, by whichever
+# worker asks first (the others wait on a lock), in a folder of the run's shared base directory that the
+# controller removes when the run ends (pytest_sessionfinish). Without xdist they are ordinary session fixtures.
+SHARED = "shared-by-workers"
+
+
+def _made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """``make(path)`` run once per test run for an empty folder ``path``, which is returned (read-only after)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp(name)
+        make(path)
+        return path
+    root = tmp_path_factory.getbasetemp().parent / SHARED  # the controller's base directory
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker dies
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a worker that died while making it left
+            path.mkdir()
+            make(path)
+            done.touch()
+    return path
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The controller (or a run without xdist: nothing to remove) clears what the workers shared.
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if "PYTEST_XDIST_WORKER" not in os.environ and factory is not None:
+        shutil.rmtree(factory.getbasetemp() / SHARED, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> Iterator[Path]:
     """The tiny demo set of the training tests: 10 classes, 2 train / 1 val image each (never modified)."""
-    path = tmp_path_factory.mktemp("demo")
-    yield make_demo(path, num_classes=10, train_per_class=2, val_per_class=1, progress=False)
-    shutil.rmtree(path, ignore_errors=True)
+
+    def make(path: Path) -> None:
+        make_demo(path / "demo", num_classes=10, train_per_class=2, val_per_class=1, progress=False)
+
+    path = _made_once(tmp_path_factory, "demo", make)
+    yield path / "demo"
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -99,11 +138,14 @@ def reference_run(demo, tmp_path_factory) -> Iterator[Path]:
     steps. Every test that resumes, kills or damages a run of those settings must end with its weights,
     best.pth and metrics; tests only read it. Loader workers and checkpoint cadence do not change the
     weights, so a test may run with other values of those."""
-    path = tmp_path_factory.mktemp("reference")
-    out = path / "run"
-    assert run_here(train_command(demo, out)) == 0
-    yield out
-    shutil.rmtree(path, ignore_errors=True)
+
+    def make(path: Path) -> None:
+        assert run_here(train_command(demo, path / "run")) == 0
+
+    path = _made_once(tmp_path_factory, "reference", make)
+    yield path / "run"
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
