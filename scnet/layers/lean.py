@@ -381,8 +381,7 @@ class _BnReluCatConv(torch.autograd.Function):
 # the updated running statistics (a few hundred floats) and the caller copies them into the BN's buffers.
 
 
-@torch.library.custom_op("scnet::calibrated_conv", mutates_args=())
-def _calibrated_conv_op(
+def _calibrated_conv_impl(
     x: torch.Tensor,
     y3: torch.Tensor,
     c: torch.Tensor,
@@ -406,8 +405,9 @@ def _calibrated_conv_op(
     return *out, *stats
 
 
+_calibrated_conv_op = torch.library.custom_op("scnet::calibrated_conv", _calibrated_conv_impl, mutates_args=())
 # The real arithmetic on fake tensors gives the real shapes, dtypes and strides.
-_calibrated_conv_op.register_fake(_calibrated_conv_op._init_fn)
+_calibrated_conv_op.register_fake(_calibrated_conv_impl)
 
 
 def _calibrated_conv_setup(ctx, inputs, output) -> None:
@@ -427,8 +427,7 @@ def _calibrated_conv_backward(ctx, grad, *_grad_stats):
 _calibrated_conv_op.register_autograd(_calibrated_conv_backward, setup_context=_calibrated_conv_setup)
 
 
-@torch.library.custom_op("scnet::bn_relu_cat_conv", mutates_args=())
-def _bn_relu_cat_conv_op(
+def _bn_relu_cat_conv_impl(
     y_a: torch.Tensor,
     y_b: torch.Tensor,
     weight_a: torch.Tensor,
@@ -463,7 +462,8 @@ def _bn_relu_cat_conv_op(
     return *out, *stats_a, *stats_b
 
 
-_bn_relu_cat_conv_op.register_fake(_bn_relu_cat_conv_op._init_fn)
+_bn_relu_cat_conv_op = torch.library.custom_op("scnet::bn_relu_cat_conv", _bn_relu_cat_conv_impl, mutates_args=())
+_bn_relu_cat_conv_op.register_fake(_bn_relu_cat_conv_impl)
 
 
 def _bn_relu_cat_conv_setup(ctx, inputs, output) -> None:

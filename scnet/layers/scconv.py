@@ -30,11 +30,18 @@ torch.fx.wrap("check_feature_size")
 torch.fx.wrap("upsample_like")
 
 
+def _is_exporting() -> bool:
+    # torch.compiler.is_exporting is torch >= 2.6; before it, torch.export traced training graphs with
+    # the custom ops in them, which only matters for an exported training-mode model.
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
 def can_run_lean(x: torch.Tensor, bns: list[nn.Module]) -> bool:
     """Whether the lean training kernels (``lean.py``) may run: autograd in training mode over stock BatchNorm2d
     layers, eager or under ``torch.compile`` (as custom ops). TorchScript, FX and ``torch.export`` get the plain
     layers (an exported program must not need scnet's operators); evaluation saves nothing for backward anyway."""
-    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_exporting():
+    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or _is_exporting():
         return False
     return all(bn.training and is_plain_bn(bn) for bn in bns)
 
