@@ -1,12 +1,16 @@
 """``scnet-table``: the ImageNet tables of the SCNet paper, from data to a table beside the published numbers.
 
     scnet-table list [NAME] [--format text|tsv]
-    scnet-table run NAME --data ROOT [--rows a,b] [--out DIR] [--nproc-per-node N] [key=value ...]
+    scnet-table run NAME --data ROOT [--rows a,b] [--seeds N] [--out DIR] [--nproc-per-node N] [key=value ...]
     scnet-table show NAME [--out DIR]
+    scnet-table runs NAME --data ROOT [--rows a,b] [--seeds N] [--out DIR] [key=value ...]
 
-``run`` trains each row through scnet-train into DIR/NAME/ROW/ (re-running it retrains nothing and resumes
-an interrupted row), evaluates each row's best checkpoint as scnet-eval does, and writes DIR/NAME.md,
-.csv and .json; ``show`` renders whatever exists so far, with a top-1/GMACs figure (DIR/NAME.png).
+``run`` trains each row and seed through scnet-train into DIR/runs/MODEL-KEY/seedS/ (one folder per resolved
+config and seed, shared by the tables: a row that two tables hold trains once per seed; re-running retrains
+nothing and resumes an interrupted run), evaluates each best checkpoint as scnet-eval does, and writes
+DIR/NAME.md, .csv and .json: per row the mean and spread over the seeds and the gain over the row's baseline.
+``show`` renders whatever exists so far, with a figure (DIR/NAME.png); ``runs`` prints where each (row, seed)
+trains (row, seed, config, folder; tab-separated), for schedulers that launch the training themselves.
 """
 
 from __future__ import annotations
@@ -42,22 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, evaluate and report the rows of a table (resumable)")
     p.add_argument("name", choices=TABLES)
     p.add_argument("--data", required=True, help="data root with train/ and val/ (or demo: the built-in demo set)")
-    p.add_argument("--rows", type=_rows, help="comma-separated rows (default: all)")
-    p.add_argument("--out", type=Path, default=Path("runs/tables"), help="runs and reports (default runs/tables)")
+    _add_selection(p)
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per row (torchrun when > 1)")
+    p.add_argument(
+        "--no-train", dest="train", action="store_false", help="train nothing: evaluate and report what is trained"
+    )
     p.add_argument("--release-weights", type=Path, help="folder with the released .pth files: evaluated as rows")
     p.add_argument("--real-labels", type=Path, help="ImageNet-ReaL real.json: also report ReaL top-1")
     p.add_argument("--imagenet-v2", type=Path, help="an ImageNet-V2 folder (0/..999/): also report V2 top-1")
     p.add_argument("--device", choices=["cpu", "cuda"], help="evaluation device (default: cuda when available)")
-    # key=value overrides may come anywhere after NAME; main() collects them (argparse cannot mix a
-    # variable-length positional with options inside a subcommand).
-    p.epilog = "Any key=value arguments are config overrides applied to every row (e.g. train.epochs=1)."
+
+    p = sub.add_parser("runs", help="where each (row, seed) of a run trains: row, seed, config, folder (TSV)")
+    p.add_argument("name", choices=TABLES)
+    p.add_argument("--data", required=True, help="data root, as given to run")
+    _add_selection(p)
 
     p = sub.add_parser("show", help="render what a table's run folder holds so far (+ a PNG figure)")
     p.add_argument("name", choices=TABLES)
     p.add_argument("--out", type=Path, default=Path("runs/tables"))
     p.add_argument("--no-figure", action="store_true", help="do not draw DIR/NAME.png")
     return parser
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """The options that pick the runs of a table: rows, seeds, output folder."""
+    p.add_argument("--rows", type=_rows, help="comma-separated rows (default: all)")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="runs per row, seeds train.seed, train.seed + 1, ... (default 1)"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/tables"), help="runs and reports (default runs/tables)")
+    # key=value overrides may come anywhere after NAME; main() collects them (argparse cannot mix a
+    # variable-length positional with options inside a subcommand).
+    p.epilog = "Any key=value arguments are config overrides applied to every row (e.g. train.epochs=1)."
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -105,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data,
         out=args.out,
         rows=args.rows,
+        seeds=args.seeds,
+        train=args.train,
         overrides=list(args.overrides),
         nproc_per_node=args.nproc_per_node,
         release_weights=args.release_weights,
@@ -115,6 +137,19 @@ def _run(args: argparse.Namespace) -> int:
     run_table(table, options)
     write_reports(table, args.out)
     print((args.out / f"{table.name}.md").read_text(), end="")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from scnet.tables.run import RunOptions, plan
+    from scnet.tables.spec import TableError, load_table
+
+    if args.seeds < 1:
+        raise TableError(f"--seeds must be at least 1, got {args.seeds}")
+    table = load_table(args.name)
+    options = RunOptions(data=args.data, out=args.out, rows=args.rows, seeds=args.seeds, overrides=args.overrides)
+    for p in plan(table, options, table.select(args.rows)):
+        print(f"{p.row.row}\t{p.run.seed}\t{p.row.config}\t{p.run.folder}")
     return 0
 
 
@@ -143,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit status 2; a stop by signal exits 128 + signal."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    bad = [a for a in extra if args.command != "run" or a.startswith("-") or "=" not in a]
+    bad = [a for a in extra if args.command not in ("run", "runs") or a.startswith("-") or "=" not in a]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = extra
@@ -151,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scnet.tables.run import Stopped
 
     try:
-        return {"list": _list, "run": _run, "show": _show}[args.command](args)
+        return {"list": _list, "run": _run, "runs": _runs, "show": _show}[args.command](args)
     except Stopped as e:
         print(f"{PROG}: {e}; run the same command again to resume it", file=sys.stderr)
         return 128 + e.signum

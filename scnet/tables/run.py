@@ -1,11 +1,13 @@
-"""Run a table: train every row through ``scnet-train`` (``torchrun`` for several processes), evaluate it, report.
+"""Run a table: train every row and seed through ``scnet-train`` (``torchrun`` for several processes), evaluate
+each, report.
 
-Re-running the same command is always safe: a finished row is not retrained, an interrupted one resumes
-from its ``last.pth`` (``scnet-train --resume auto``), and an evaluation is redone only when its checkpoint
-or data changed. A signal (Ctrl-C, a scheduler's SIGTERM) reaches the trainer, which checkpoints and
-exits; the runner then stops and says how to go on. One runner at a time works on a table folder (a lock
-that the trainer inherits, so a trainer orphaned by a killed runner still holds it until it has written
-its checkpoint).
+Each (row, seed) trains in the shared run store (:mod:`scnet.tables.store`), so a row that several tables
+hold trains once per seed. Re-running the same command is always safe: a finished run is not retrained, an
+interrupted one resumes from its ``last.pth`` (``scnet-train --resume auto``), and an evaluation is redone
+only when its checkpoint or data changed. A signal (Ctrl-C, a scheduler's SIGTERM) reaches the trainer, which
+checkpoints and exits; the runner then stops and says how to go on. One runner at a time works on an output
+folder (a lock that the trainer inherits, so a trainer orphaned by a killed runner still holds it until it
+has written its checkpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,11 +36,11 @@ from ..data.shards import INDEX, read_index
 from ..inference.accuracy import evaluate_checkpoint
 from ..inference.checkpoint import load_checkpoint
 from ..train.output import BEST, CONFIG, LAST
-from . import report
+from . import records, report
 from .spec import Row, Table, TableError
+from .store import MAY_DIFFER, SeedRun, flat, seed_runs
 
-# Keys that may change between a run and its resumption without changing what is trained.
-_MAY_DIFFER = {"data.workers", "train.log_every", "train.tensorboard"}
+_SYNSET = re.compile(r"n\d{8}")
 
 
 class Stopped(Exception):
@@ -55,6 +58,8 @@ class RunOptions:
     data: str
     out: Path = Path("runs/tables")
     rows: list[str] | None = None
+    seeds: int = 1
+    train: bool = True
     overrides: list[str] = field(default_factory=list)
     nproc_per_node: int = 1
     release_weights: Path | None = None
@@ -82,42 +87,62 @@ def data_classes(root: str | Path, split: str = "train") -> list[str]:
     return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
 
 
+def is_imagenet1k(classes: list[str]) -> bool:
+    """True for ImageNet-1k's class list: 1000 WordNet synset ids (``n01440764`` ...)."""
+    return len(classes) == 1000 and all(_SYNSET.fullmatch(c) for c in classes)
+
+
 def run_overrides(options: RunOptions) -> list[str]:
-    """The overrides every row gets: the data root, the data's class count (the rows are ImageNet configs, so
-    other data needs its own head; the user's own model.num_classes wins), then the user's overrides."""
-    overrides = [f"data.root={options.data}"]
+    """The overrides every row gets: the data root (as an absolute path, so that the run store's key does not
+    depend on the working directory), the data's class count (the rows are ImageNet configs, so other data
+    needs its own head; the user's own model.num_classes wins), then the user's overrides."""
+    overrides = [f"data.root={resolve_root(options.data, key='--data').resolve()}"]
     if not any(o.split("=", 1)[0].strip() == "model.num_classes" for o in options.overrides):
         overrides.append(f"model.num_classes={len(data_classes(options.data))}")
     return overrides + list(options.overrides)
 
 
-def row_config(row: Row, options: RunOptions, folder: Path) -> Config:
-    """The row's config with the run's data root, overrides and output folder (validated)."""
-    return load_config(row.config, [*run_overrides(options), f"output_dir={folder}"])
+def seed_overrides(run: SeedRun) -> list[str]:
+    """The overrides that make one seed's run of a row: its seed and its folder."""
+    return [f"train.seed={run.seed}", f"output_dir={run.folder}"]
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (row, seed) of a table run: where it trains and its validated config."""
+
+    row: Row
+    run: SeedRun
+    cfg: Config
+
+
+def plan(table: Table, options: RunOptions, rows: list[Row] | None = None) -> list[PlannedRun]:
+    """Every (row, seed) of ``rows`` (default: the whole table), seed by seed: the first seed of every row, then
+    the second, ... so that an interrupted sweep has a comparison early. Each config is validated here."""
+    overrides = run_overrides(options)
+    planned: dict[int, list[PlannedRun]] = {}
+    for row in rows if rows is not None else table.rows:
+        base = load_config(row.config, overrides)
+        for k, run in enumerate(seed_runs(options.out, base, options.seeds)):
+            planned.setdefault(k, []).append(
+                PlannedRun(row, run, load_config(row.config, overrides + seed_overrides(run)))
+            )
+    return [p for k in sorted(planned) for p in planned[k]]
 
 
 def check_same_settings(row: Row, cfg: Config, folder: Path) -> None:
-    """Refuse to continue a row whose saved config differs from this run's (another recipe in the same folder)."""
+    """Refuse to continue a run whose saved config differs from this run's (a folder edited by hand, or two
+    settings that the store's key does not tell apart)."""
     saved_path = folder / CONFIG
     if not saved_path.is_file():
         return
-    saved = _flat(config_to_dict(load_config(saved_path)))
-    wanted = _flat(config_to_dict(cfg))
+    saved = flat(config_to_dict(load_config(saved_path)))
+    wanted = flat(config_to_dict(cfg))
     for key in wanted:
-        if key not in _MAY_DIFFER and saved.get(key) != wanted[key]:
+        if key not in MAY_DIFFER and saved.get(key) != wanted[key]:
             raise TableError(
                 f"row {row.row} in {folder} was trained with {key}={saved.get(key)}, this run asks for "
-                f"{wanted[key]}: run with the same settings, or give another --out"
+                f"{wanted[key]}: move that folder away, or give another --out"
             )
 
 
@@ -131,8 +156,9 @@ def _die_with_parent() -> None:
 
 
 def train_command(row: Row, cfg: Config, options: RunOptions) -> list[str]:
-    """The command that trains (or resumes) the row: scnet-train, under torchrun for several processes."""
-    overrides = [*run_overrides(options), f"output_dir={cfg.output_dir}"]
+    """The command that trains (or resumes) one seed of the row: scnet-train, under torchrun for several
+    processes."""
+    overrides = [*run_overrides(options), f"train.seed={cfg.train.seed}", f"output_dir={cfg.output_dir}"]
     train = ["-m", "scnet.cli.train", "--config", str(row.config), *overrides, "--resume", "auto"]
     if options.nproc_per_node > 1:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={options.nproc_per_node}"]
@@ -158,9 +184,11 @@ def train_row(row: Row, cfg: Config, options: RunOptions, lock_fd: int) -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
-        raise Stopped(received[0], row.row)
+        raise Stopped(received[0], f"{row.row} (seed {cfg.train.seed})")
     if code != 0:
-        raise TableError(f"row {row.row}: scnet-train exited with status {code} (its message is above)")
+        raise TableError(
+            f"row {row.row} seed {cfg.train.seed}: scnet-train exited with status {code} (its message is above)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -192,7 +220,7 @@ def _evaluate_once(
         "real_labels": _file_key(options.real_labels),
         "imagenet_v2": str(options.imagenet_v2) if options.imagenet_v2 else None,
     }
-    done = report.read_json(folder / report.EVAL_FILE)
+    done = records.read_json(folder / records.EVAL_FILE)
     if done and done.get("key") == key:
         _say(f"{checkpoint}: evaluated already on {data / split}")
         return done
@@ -211,12 +239,12 @@ def _evaluate_once(
         v2_dir = Path(options.imagenet_v2)
         v2 = evaluate_checkpoint(loaded, v2_dir.parent, v2_dir.name, **common)
     evaluation = {"key": key, "result": result, "ema": ema, "v2": v2}
-    report.write_atomic(folder / report.EVAL_FILE, json.dumps(evaluation, indent=2) + "\n")
+    report.write_atomic(folder / records.EVAL_FILE, json.dumps(evaluation, indent=2) + "\n")
     return evaluation
 
 
 def evaluate_row(row: Row, cfg: Config, folder: Path, options: RunOptions) -> dict[str, Any]:
-    """Evaluate the row's best checkpoint on the val split of the run's data, as ``scnet-eval`` does."""
+    """Evaluate one seed's best checkpoint on the val split of the run's data, as ``scnet-eval`` does."""
     data = resolve_root(options.data)
     workers = min(cfg.data.workers, os.cpu_count() or 1)
     return _evaluate_once(
@@ -233,7 +261,7 @@ def evaluate_release(table: Table, row: Row, cfg: Config, options: RunOptions) -
     if not path.is_file():
         _say(f"{table.name}/{row.row}: no {published.checkpoint} in {options.release_weights}, skipped")
         return False
-    folder = report.row_dir(options.out, table, row.row + report.RELEASE_SUFFIX)
+    folder = records.release_dir(options.out, table, row.row)
     workers = min(cfg.data.workers, os.cpu_count() or 1)
     data = resolve_root(options.data)
     _evaluate_once(path, folder, data, cfg.data.val_split, options, cfg.model.name, cfg.data.batch_size, workers)
@@ -262,41 +290,57 @@ def table_lock(folder: Path) -> Iterator[int]:
 
 
 def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
-    """Train, evaluate and report the rows of ``table`` that ``options`` selects; return the table's records."""
+    """Train, evaluate and report the rows and seeds of ``table`` that ``options`` selects; return the records."""
     rows = table.select(options.rows)
     if options.nproc_per_node < 1:
         raise TableError(f"--nproc-per-node must be at least 1, got {options.nproc_per_node}")
+    if options.seeds < 1:
+        raise TableError(f"--seeds must be at least 1, got {options.seeds}")
     # A missing data root fails before anything runs; the built-in demo set is drawn now (its classes are needed).
     resolve_root(options.data, draw=True, key="--data")
-    # Every row's config is resolved (and so validated) before the first one trains.
-    configs = {row.row: row_config(row, options, report.row_dir(options.out, table, row.row)) for row in rows}
-    folder = Path(options.out) / table.name
-    with table_lock(folder) as lock_fd:
+    classes = data_classes(options.data)
+    # Every run's config is resolved (and so validated) before the first one trains; the rows not selected too,
+    # since another table may have trained them in the shared store: the report shows them.
+    everything = plan(table, options)
+    selected = {row.row for row in rows}
+    todo = [p for p in everything if p.row.row in selected]
+    out = Path(options.out)
+    with table_lock(out) as lock_fd:
         run_info = {
             "table": table.name,
             "data": options.data,
             "overrides": options.overrides,
+            "seeds": options.seeds,
             "nproc_per_node": options.nproc_per_node,
+            "classes": len(classes),
+            "imagenet_classes": is_imagenet1k(classes),
             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": {},
         }
-        report.write_atomic(folder / report.RUN_FILE, json.dumps(run_info, indent=2) + "\n")
-        for i, row in enumerate(rows, start=1):
-            cfg = configs[row.row]
-            row_folder = Path(cfg.output_dir)
-            where = f"{table.name}/{row.row} ({i}/{len(rows)})"
-            check_same_settings(row, cfg, row_folder)
-            if report.is_trained(row_folder, cfg.train.epochs):
-                _say(f"{where}: trained already ({cfg.train.epochs} epoch(s) in {row_folder}), not retrained")
+        for p in everything:
+            entry = {"seed": p.run.seed, "folder": str(p.run.folder.relative_to(out))}
+            run_info["runs"].setdefault(p.row.row, []).append(entry)
+        report.write_atomic(out / table.name / records.RUN_FILE, json.dumps(run_info, indent=2) + "\n")
+        for i, p in enumerate(todo, start=1):
+            folder, epochs = p.run.folder, p.cfg.train.epochs
+            where = f"{table.name}/{p.row.row} seed {p.run.seed} ({i}/{len(todo)})"
+            check_same_settings(p.row, p.cfg, folder)
+            if records.is_trained(folder, epochs):
+                _say(f"{where}: trained already ({epochs} epoch(s) in {folder}), not retrained")
+            elif not options.train:
+                _say(f"{where}: not trained yet, left as it is (--no-train)")
+                continue
             else:
-                resuming = (row_folder / LAST).is_file()
-                _say(f"{where}: {'resuming' if resuming else 'training'} in {row_folder}")
-                train_row(row, cfg, options, lock_fd)
-                if not report.is_trained(row_folder, cfg.train.epochs):
+                _say(f"{where}: {'resuming' if (folder / LAST).is_file() else 'training'} in {folder}")
+                train_row(p.row, p.cfg, options, lock_fd)
+                if not records.is_trained(folder, epochs):
                     raise TableError(
-                        f"row {row.row}: scnet-train stopped before epoch {cfg.train.epochs} (a signal?); "
+                        f"row {p.row.row} seed {p.run.seed}: scnet-train stopped before epoch {epochs} (a signal?); "
                         "run the same command again to resume it"
                     )
-            evaluate_row(row, cfg, row_folder, options)
-            evaluate_release(table, row, cfg, options)
-            report.write_reports(table, options.out)
-        return report.write_reports(table, options.out)
+            evaluate_row(p.row, p.cfg, folder, options)
+            report.write_reports(table, out)
+        first = {p.row.row: p.cfg for p in reversed(todo)}
+        for row in rows:
+            evaluate_release(table, row, first[row.row], options)
+        return report.write_reports(table, out)

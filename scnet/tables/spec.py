@@ -31,6 +31,9 @@ class Row:
     family: str
     published: Published | None
     note: str = ""
+    baseline: str | None = None
+    """The row of the same table that this row is compared with (the same network without self-calibration,
+    or for an ablation row the release's SCNet-50); None for a baseline itself."""
 
     @property
     def published_top1(self) -> float | None:
@@ -88,7 +91,7 @@ def load_table(name: str) -> Table:
     rows, seen = [], set()
     for i, entry in enumerate(data["rows"]):
         where = f"{path}: row {i + 1}"
-        _only(set(entry), {"row", "config", "family", "published", "note"}, where)
+        _only(set(entry), {"row", "config", "family", "published", "note", "baseline"}, where)
         name_ = str(entry["row"])
         if name_ in seen:
             raise TableError(f"{where}: row {name_!r} appears twice")
@@ -100,5 +103,9 @@ def load_table(name: str) -> Table:
         if key is not None and key not in published:
             raise TableError(f"{where}: no published numbers for {key!r} in published.yaml")
         note = " ".join(str(entry.get("note") or "").split())
-        rows.append(Row(name_, config, str(entry["family"]), published.get(key) if key else None, note))
+        baseline = entry.get("baseline")
+        rows.append(Row(name_, config, str(entry["family"]), published.get(key) if key else None, note, baseline))
+    for row in rows:
+        if row.baseline is not None and (row.baseline == row.row or row.baseline not in seen):
+            raise TableError(f"{path}: row {row.row}: baseline {row.baseline!r} is not another row of this table")
     return Table(name, str(data["title"]), " ".join(str(data["description"]).split()), tuple(rows))
