@@ -17,11 +17,20 @@ from scnet.models.options import SC_OPTIONS, model_options
 from scnet.models.published import published_numbers
 from scnet.tables.spec import TABLES, TableError, configs_dir, load_table
 
-from ..utils import REFERENCE_DIR, REPO_ROOT
+from ..utils import EXPECTED_BASELINES, REFERENCE_DIR, REPO_ROOT
 
 # The rows the issue asks for, written out here (not read from scnet) so that a dropped row fails.
 EXPECTED_ROWS = {
-    "release": {"resnet50", "scnet50", "scnet50_v1d", "resnet101", "scnet101", "scnet101_v1d"},
+    "release": {
+        "resnet50",
+        "scnet50",
+        "resnet50d",
+        "scnet50_v1d",
+        "resnet101",
+        "scnet101",
+        "resnet101d",
+        "scnet101_v1d",
+    },
     "backbones": {
         "resnet50",
         "scnet50",
@@ -59,6 +68,33 @@ def test_tables_hold_the_rows_asked_for():
     assert set(TABLES) == set(EXPECTED_ROWS)
     for name, rows in EXPECTED_ROWS.items():
         assert {r.row for r in load_table(name).rows} == rows
+
+
+def test_every_sc_row_is_paired_with_its_baseline():
+    for name in TABLES:
+        for row in load_table(name).rows:
+            if name == "ablation":
+                want = None if row.row == "scnet50" else "scnet50"
+            else:
+                # The same pairs as the zoo's A/B partners (issue 19: v1d -> ResNet-D).
+                want = EXPECTED_BASELINES.get(row.row)
+            assert row.baseline == want, (name, row.row)
+
+
+def test_a_baseline_outside_the_table_is_refused(tmp_path, monkeypatch):
+    import scnet.tables.spec as spec
+
+    text = (spec.HERE / "ablation.yaml").read_text().replace("baseline: scnet50", "baseline: resnet50", 1)
+    (tmp_path / "ablation.yaml").write_text(text)
+    monkeypatch.setattr(spec, "HERE", tmp_path)
+    monkeypatch.setattr(spec, "configs_dir", lambda: REPO_ROOT / "configs")
+    spec.load_table.cache_clear()
+    try:
+        with pytest.raises(TableError, match="row scnet50_r2: baseline 'resnet50' is not another row of this table"):
+            spec.load_table("ablation")
+    finally:
+        monkeypatch.undo()
+        spec.load_table.cache_clear()
 
 
 @pytest.mark.parametrize("table, row", ALL_ROWS)
