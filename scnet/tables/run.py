@@ -38,7 +38,7 @@ from ..inference.checkpoint import load_checkpoint
 from ..train.output import BEST, CONFIG, LAST
 from . import records, report
 from .spec import Row, Table, TableError
-from .store import MAY_DIFFER, SeedRun, flat, seed_runs
+from .store import MAY_DIFFER, SeedRun, absolute_root, adopt_earlier_run, flat, seed_runs
 
 _SYNSET = re.compile(r"n\d{8}")
 
@@ -136,7 +136,7 @@ def check_same_settings(row: Row, cfg: Config, folder: Path) -> None:
     saved_path = folder / CONFIG
     if not saved_path.is_file():
         return
-    saved = flat(config_to_dict(load_config(saved_path)))
+    saved = flat(config_to_dict(absolute_root(load_config(saved_path))))
     wanted = flat(config_to_dict(cfg))
     for key in wanted:
         if key not in MAY_DIFFER and saved.get(key) != wanted[key]:
@@ -289,6 +289,26 @@ def table_lock(folder: Path) -> Iterator[int]:
         os.close(fd)
 
 
+def _run_info(table: Table, options: RunOptions, classes: list[str], everything: list[PlannedRun]) -> dict[str, Any]:
+    """What ``<out>/<table>/run.json`` records of this run: its settings, whether the data are ImageNet-1k's
+    classes, and every row's seed runs (folders relative to ``--out``), which the report reads."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for p in everything:
+        folder = p.run.folder.relative_to(options.out)
+        runs.setdefault(p.row.row, []).append({"seed": p.run.seed, "folder": str(folder)})
+    return {
+        "table": table.name,
+        "data": options.data,
+        "overrides": options.overrides,
+        "seeds": options.seeds,
+        "nproc_per_node": options.nproc_per_node,
+        "classes": len(classes),
+        "imagenet_classes": is_imagenet1k(classes),
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": runs,
+    }
+
+
 def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
     """Train, evaluate and report the rows and seeds of ``table`` that ``options`` selects; return the records."""
     rows = table.select(options.rows)
@@ -306,24 +326,16 @@ def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
     todo = [p for p in everything if p.row.row in selected]
     out = Path(options.out)
     with table_lock(out) as lock_fd:
-        run_info = {
-            "table": table.name,
-            "data": options.data,
-            "overrides": options.overrides,
-            "seeds": options.seeds,
-            "nproc_per_node": options.nproc_per_node,
-            "classes": len(classes),
-            "imagenet_classes": is_imagenet1k(classes),
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "runs": {},
-        }
-        for p in everything:
-            entry = {"seed": p.run.seed, "folder": str(p.run.folder.relative_to(out))}
-            run_info["runs"].setdefault(p.row.row, []).append(entry)
+        run_info = _run_info(table, options, classes, everything)
         report.write_atomic(out / table.name / records.RUN_FILE, json.dumps(run_info, indent=2) + "\n")
+        said: set[str] = set()
         for i, p in enumerate(todo, start=1):
             folder, epochs = p.run.folder, p.cfg.train.epochs
             where = f"{table.name}/{p.row.row} seed {p.run.seed} ({i}/{len(todo)})"
+            adopted = adopt_earlier_run(out, table.name, p.row.row, p.run, p.cfg)
+            if adopted and adopted not in said:
+                said.add(adopted)
+                _say(adopted)
             check_same_settings(p.row, p.cfg, folder)
             if records.is_trained(folder, epochs):
                 _say(f"{where}: trained already ({epochs} epoch(s) in {folder}), not retrained")

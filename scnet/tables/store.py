@@ -13,13 +13,16 @@ later version that adds a config key with a default does not orphan the runs mad
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, config_to_dict
+from ..config import Config, ConfigError, config_to_dict, load_config
+from ..data.builtin import resolve_root
+from ..train.output import CONFIG
 
 RUNS = "runs"
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -69,3 +72,32 @@ def seed_runs(out: Path, cfg: Config, seeds: int) -> list[SeedRun]:
     group = Path(out) / RUNS / run_key(cfg)
     first = cfg.train.seed
     return [SeedRun(seed, group / f"seed{seed}") for seed in range(first, first + seeds)]
+
+
+def absolute_root(cfg: Config) -> Config:
+    """``cfg`` with its data root as the runner gives it now: an absolute path (the built-in demo set's folder),
+    so that a config saved with a relative root compares equal (a root that is gone is made absolute as it is)."""
+    try:
+        root = resolve_root(cfg.data.root).resolve()
+    except ValueError:
+        root = Path(cfg.data.root).expanduser().resolve()
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+
+
+def adopt_earlier_run(out: Path, table: str, row: str, run: SeedRun, cfg: Config) -> str | None:
+    """Move a run that scnet-table made before this store existed (``<out>/<table>/<row>/``) to ``run``'s folder
+    when it trained the same settings with the same seed, so an interrupted sweep goes on instead of starting
+    again; returns what was done, in one line (None: there is no such run, or ``run`` already has a folder).
+    A run with other settings stays where it is."""
+    earlier = Path(out) / table / row
+    if run.folder.exists() or not (earlier / CONFIG).is_file():
+        return None
+    try:
+        saved = absolute_root(load_config(earlier / CONFIG))
+    except ConfigError:
+        saved = None
+    if saved is None or saved.train.seed != cfg.train.seed or settings(saved) != settings(cfg):
+        return f"{earlier}: a run of an earlier scnet-table with other settings or seed, left where it is"
+    run.folder.parent.mkdir(parents=True, exist_ok=True)
+    earlier.rename(run.folder)
+    return f"{earlier}: a run of an earlier scnet-table with these settings, moved to {run.folder}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -245,6 +246,50 @@ def test_published_numbers_are_compared_on_imagenet_only(tmp_path, val_images, i
         assert scnet50["delta_top1"] is None and resnet50["delta_top1"] is None
         assert "| +1.71 (ImageNet) | 77.81 (ImageNet) [" in markdown and "no Δ top-1 is computed" in markdown
     assert "| resnet50 | +1.50 ± 0.50 | +1.71" in markdown
+
+
+def test_a_run_of_the_earlier_layout_is_moved_into_the_store_when_its_settings_match(demo, tmp_path, capsys):
+    """A sweep started before the shared store (``<out>/<table>/<row>/``) goes on where it stopped: the run with
+    this run's settings and seed moves to its store folder, whole; one with other settings stays where it is."""
+    from scnet.config import dump_config
+    from scnet.tables.run import RunOptions, plan
+    from scnet.tables.spec import load_table
+
+    out = tmp_path / "tables"
+    options = RunOptions(data=str(demo), out=out, rows=list(ROWS), overrides=OVERRIDES)
+    planned = {p.row.row: p for p in plan(load_table("backbones"), options, load_table("backbones").select(list(ROWS)))}
+    for row, lr in (("scnet50", None), ("resnet50", 0.5)):
+        earlier = out / "backbones" / row
+        cfg = planned[row].cfg
+        # As the earlier runner saved it: its own folder, the data root as the user gave it (here relative).
+        data = dataclasses.replace(cfg.data, root=os.path.relpath(demo))
+        optim = dataclasses.replace(cfg.optim, lr=lr or cfg.optim.lr)
+        dump_config(dataclasses.replace(cfg, output_dir=str(earlier), data=data, optim=optim), earlier / "config.yaml")
+        (earlier / "last.pth").write_bytes(b"an interrupted run's checkpoint")
+    assert (
+        main(
+            [
+                "run",
+                "backbones",
+                "--data",
+                str(demo),
+                "--rows",
+                ",".join(ROWS),
+                "--out",
+                str(out),
+                "--no-train",
+                *OVERRIDES,
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    moved = planned["scnet50"].run.folder
+    assert (moved / "last.pth").read_bytes() == b"an interrupted run's checkpoint"
+    assert not (out / "backbones" / "scnet50").exists() and f"moved to {moved}" in err
+    assert (out / "backbones" / "resnet50" / "last.pth").is_file() and not planned["resnet50"].run.folder.exists()
+    assert "backbones/resnet50: a run of an earlier scnet-table with other settings or seed, left where it is" in err
+    assert err.count("not trained yet, left as it is (--no-train)") == 2
 
 
 @pytest.mark.parametrize(
