@@ -161,7 +161,10 @@ def _show(args: argparse.Namespace) -> int:
 
     table = load_table(args.name)
     if not (args.out / table.name).is_dir():
-        raise ValueError(f"{args.out / table.name}: no run of table {table.name} there (scnet-table run makes it)")
+        raise ValueError(
+            f"{args.out / table.name}: no run of table {table.name} there (scnet-table run makes it; "
+            "with --no-train it only collects the runs that other tables trained)"
+        )
     records = write_reports(table, args.out)
     print((args.out / f"{table.name}.md").read_text(), end="")
     if not args.no_figure:

@@ -266,23 +266,9 @@ def test_a_run_of_the_earlier_layout_is_moved_into_the_store_when_its_settings_m
         optim = dataclasses.replace(cfg.optim, lr=lr or cfg.optim.lr)
         dump_config(dataclasses.replace(cfg, output_dir=str(earlier), data=data, optim=optim), earlier / "config.yaml")
         (earlier / "last.pth").write_bytes(b"an interrupted run's checkpoint")
-    assert (
-        main(
-            [
-                "run",
-                "backbones",
-                "--data",
-                str(demo),
-                "--rows",
-                ",".join(ROWS),
-                "--out",
-                str(out),
-                "--no-train",
-                *OVERRIDES,
-            ]
-        )
-        == 0
-    )
+    argv = ["run", "backbones", "--data", str(demo), "--rows", ",".join(ROWS), "--out", str(out), "--no-train"]
+    argv += OVERRIDES
+    assert main(argv) == 0
     err = capsys.readouterr().err
     moved = planned["scnet50"].run.folder
     assert (moved / "last.pth").read_bytes() == b"an interrupted run's checkpoint"
@@ -290,6 +276,12 @@ def test_a_run_of_the_earlier_layout_is_moved_into_the_store_when_its_settings_m
     assert (out / "backbones" / "resnet50" / "last.pth").is_file() and not planned["resnet50"].run.folder.exists()
     assert "backbones/resnet50: a run of an earlier scnet-table with other settings or seed, left where it is" in err
     assert err.count("not trained yet, left as it is (--no-train)") == 2
+    # A store folder whose saved config is not what its key says (edited by hand) is refused, not trained on.
+    saved = (moved / "config.yaml").read_text()
+    (moved / "config.yaml").write_text(saved.replace("  lr: 0.1\n", "  lr: 0.3\n"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "was trained with optim.lr=0.3, this run asks for 0.1" in err and err.count("error") == 1
 
 
 @pytest.mark.parametrize(
