@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per row (torchrun when > 1)")
     p.add_argument(
-        "--no-train", dest="train", action="store_false", help="train nothing: evaluate and report what is trained"
+        "--no-train",
+        dest="train",
+        action="store_false",
+        help="train nothing: evaluate and report what is trained (waits up to an hour for another run's lock)",
     )
     p.add_argument("--release-weights", type=Path, help="folder with the released .pth files: evaluated as rows")
     p.add_argument("--real-labels", type=Path, help="ImageNet-ReaL real.json: also report ReaL top-1")

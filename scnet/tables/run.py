@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -271,19 +272,35 @@ def evaluate_release(table: Table, row: Row, cfg: Config, options: RunOptions) -
 # ----------------------------------------------------------------------------------------------- the table
 
 
+# How long a run that trains nothing (``--no-train``: evaluations and reports, e.g. at the end of each task of a
+# SLURM array) waits for another runner to let go of the output folder, instead of failing at once.
+NO_TRAIN_WAIT_S = 3600.0
+
+
 @contextlib.contextmanager
-def table_lock(folder: Path) -> Iterator[int]:
-    """Hold ``folder/.lock`` (exclusive, not waiting); yields its file descriptor for the trainers to inherit."""
+def table_lock(folder: Path, wait_s: float = 0.0) -> Iterator[int]:
+    """Hold ``folder/.lock`` (exclusive), waiting up to ``wait_s`` seconds for another holder to let go; yields its
+    file descriptor for the trainers to inherit."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TableError(
-                f"{folder} is in use by another scnet-table run (or by a trainer still writing its checkpoint); "
-                "wait for it to end"
-            ) from None
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    waited = f" (waited {wait_s:.0f} s)" if wait_s else ""
+                    raise TableError(
+                        f"{folder} is in use by another scnet-table run (or by a trainer still writing its "
+                        f"checkpoint){waited}; wait for it to end"
+                    ) from None
+                if not waiting:
+                    _say(f"{folder} is in use by another scnet-table run: waiting up to {wait_s:.0f} s")
+                    waiting = True
+                time.sleep(0.5)
         yield fd
     finally:
         os.close(fd)
@@ -325,7 +342,7 @@ def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
     selected = {row.row for row in rows}
     todo = [p for p in everything if p.row.row in selected]
     out = Path(options.out)
-    with table_lock(out) as lock_fd:
+    with table_lock(out, 0.0 if options.train else NO_TRAIN_WAIT_S) as lock_fd:
         run_info = _run_info(table, options, classes, everything)
         report.write_atomic(out / table.name / records.RUN_FILE, json.dumps(run_info, indent=2) + "\n")
         said: set[str] = set()

@@ -284,6 +284,32 @@ def test_a_run_of_the_earlier_layout_is_moved_into_the_store_when_its_settings_m
     assert "was trained with optim.lr=0.3, this run asks for 0.1" in err and err.count("error") == 1
 
 
+def test_one_runner_at_a_time_and_a_no_train_run_waits_its_turn(demo, tmp_path, capsys):
+    """The output folder's lock: a training run refuses at once while another holds it; ``--no-train`` (the end
+    of each SLURM task) waits until it is free, then runs."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "tables"
+    out.mkdir()
+    holder = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another runner
+    argv = ["run", "backbones", "--data", str(demo), "--rows", "scnet50", "--out", str(out), *OVERRIDES]
+    release = threading.Timer(3.0, fcntl.flock, [holder, fcntl.LOCK_UN])  # the other runner ends 3 s later
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is in use by another scnet-table run" in err and err.count("\n") == 1
+        assert not (out / "runs").exists()
+        release.start()
+        assert main([*argv, "--no-train"]) == 0
+    finally:
+        release.cancel()
+        os.close(holder)
+    err = capsys.readouterr().err
+    assert "waiting up to 3600 s" in err and "scnet50 seed 0 (1/1): not trained yet" in err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
