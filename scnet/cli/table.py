@@ -145,10 +145,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from scnet.tables.run import RunOptions, plan
-    from scnet.tables.spec import TableError, load_table
+    from scnet.tables.spec import load_table
 
-    if args.seeds < 1:
-        raise TableError(f"--seeds must be at least 1, got {args.seeds}")
     table = load_table(args.name)
     options = RunOptions(data=args.data, out=args.out, rows=args.rows, seeds=args.seeds, overrides=args.overrides)
     for p in plan(table, options, table.select(args.rows)):

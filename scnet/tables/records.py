@@ -76,17 +76,19 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def planned_epochs(folder: Path | None, row: Row) -> int | None:
-    """``train.epochs`` of the run in ``folder`` (its saved config), else of the row's config file."""
+def planned(folder: Path | None, row: Row) -> tuple[int | None, str | None]:
+    """``train.epochs`` and ``model.name`` of the run in ``folder`` (its saved config), else of the row's config
+    file (one read)."""
     data = _saved_config(folder, row)
     epochs = data.get("train", {}).get("epochs")
-    return int(epochs) if epochs is not None else None
+    return (int(epochs) if epochs is not None else None), data.get("model", {}).get("name")
 
 
-def is_trained(folder: Path, epochs: int) -> bool:
+def is_trained(folder: Path, epochs: int, metrics: list[dict[str, Any]] | None = None) -> bool:
     """True when the run's last epoch is done. The trainer writes ``metrics.jsonl``'s line for an epoch only
-    after that epoch's ``last.pth`` and ``best.pth``, so the line proves the checkpoints are whole."""
-    metrics = read_metrics(folder)
+    after that epoch's ``last.pth`` and ``best.pth``, so the line proves the checkpoints are whole. ``metrics``:
+    the run's lines when the caller has read them already."""
+    metrics = read_metrics(folder) if metrics is None else metrics
     return bool(metrics) and int(metrics[-1].get("epoch", 0)) >= epochs and (Path(folder) / BEST).is_file()
 
 
@@ -143,7 +145,7 @@ def _evaluation_fields(evaluation: dict[str, Any] | None) -> dict[str, Any]:
 def _status(folder: Path, epochs: int | None, metrics: list[dict[str, Any]], evaluated: bool) -> str:
     if evaluated:
         return "done"
-    if epochs is not None and is_trained(folder, epochs):
+    if epochs is not None and is_trained(folder, epochs, metrics):
         return "trained, not evaluated"
     if metrics:
         last = metrics[-1]
@@ -157,10 +159,10 @@ def _status(folder: Path, epochs: int | None, metrics: list[dict[str, Any]], eva
 def seed_record(row: Row, seed: int, folder: Path) -> dict[str, Any]:
     """One seed's run of a row: its status, training figures and (once evaluated) its numbers, unrounded."""
     metrics = read_metrics(folder)
-    epochs = planned_epochs(folder, row)
+    epochs, model = planned(folder, row)
     evaluation = read_json(Path(folder) / EVAL_FILE)
     record: dict[str, Any] = {"seed": seed, "folder": str(folder), "epochs": epochs, "epochs_done": len(metrics)}
-    record["model"] = _saved_config(folder, row).get("model", {}).get("name")
+    record["model"] = model
     record.update(_training_figures(metrics), metrics=metrics)
     record.update(_evaluation_fields(evaluation))
     record["status"] = _status(folder, epochs, metrics, bool(evaluation))
@@ -180,14 +182,15 @@ def row_record(row: Row, runs: list[tuple[int, Path]]) -> dict[str, Any]:
     record.update(row=row.row, family=row.family, note=row.note, baseline_row=row.baseline, seeds=len(done))
     first = done[0] if done else (seeds[0] if seeds else {})
     record.update({key: first.get(key) for key in _SAME})
-    record["model"] = record["model"] or _saved_config(None, row).get("model", {}).get("name")
+    epochs, model = (seeds[0]["epochs"], None) if seeds else planned(None, row)
+    record["model"] = record["model"] or model
     for key in _MEANS:
         values = [s[key] for s in done if s.get(key) is not None]
         record[key] = rounded(mean_std(values)[0]) if values and len(values) == len(done) else None
     mean, std = mean_std([s["top1"] for s in done])
     record.update(top1_mean=rounded(mean), top1_std=rounded(std))
     record.update(_training_figures([m for s in seeds for m in s["metrics"]]))
-    record["epochs"] = seeds[0]["epochs"] if seeds else planned_epochs(None, row)
+    record["epochs"] = epochs
     record["epochs_done"] = min((s["epochs_done"] for s in seeds), default=0)
     record["status"] = _row_status(seeds)
     record["per_seed"] = [

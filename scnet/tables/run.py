@@ -331,13 +331,11 @@ def run_table(table: Table, options: RunOptions) -> list[dict[str, Any]]:
     rows = table.select(options.rows)
     if options.nproc_per_node < 1:
         raise TableError(f"--nproc-per-node must be at least 1, got {options.nproc_per_node}")
-    if options.seeds < 1:
-        raise TableError(f"--seeds must be at least 1, got {options.seeds}")
     # A missing data root fails before anything runs; the built-in demo set is drawn now (its classes are needed).
     resolve_root(options.data, draw=True, key="--data")
     classes = data_classes(options.data)
-    # Every run's config is resolved (and so validated) before the first one trains; the rows not selected too,
-    # since another table may have trained them in the shared store: the report shows them.
+    # Every run's config is resolved (and so validated, --seeds too) before the first one trains; the rows not
+    # selected too, since another table may have trained them in the shared store: the report shows them.
     everything = plan(table, options)
     selected = {row.row for row in rows}
     todo = [p for p in everything if p.row.row in selected]

@@ -23,6 +23,7 @@ from typing import Any
 from ..config import Config, ConfigError, config_to_dict, load_config
 from ..data.builtin import resolve_root
 from ..train.output import CONFIG
+from .spec import TableError
 
 RUNS = "runs"
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -68,7 +69,7 @@ class SeedRun:
 def seed_runs(out: Path, cfg: Config, seeds: int) -> list[SeedRun]:
     """The ``seeds`` runs of ``cfg``: seeds ``train.seed``, ``train.seed + 1``, ... each in its own folder."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        raise TableError(f"--seeds must be at least 1, got {seeds}")
     group = Path(out) / RUNS / run_key(cfg)
     first = cfg.train.seed
     return [SeedRun(seed, group / f"seed{seed}") for seed in range(first, first + seeds)]
