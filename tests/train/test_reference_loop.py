@@ -316,11 +316,11 @@ def test_each_step_lr_follows_the_schedule(replay):
         assert want[0] < want[1], want
 
 
+@pytest.mark.parametrize("replay", ["authors"], indirect=True)  # the recipe with a step schedule
 def test_step_milestone_starts_at_the_epoch_boundary(replay):
     """The authors' StepLR: the lr of every step of epoch e is lr * gamma ** (milestones <= e)."""
     cfg, s = replay.cfg, replay.cfg.schedule
-    if s.name != "step":
-        pytest.skip("a cosine schedule has no milestones")
+    assert s.name == "step" and s.milestones, s
     peak = cfg.optim.lr * cfg.data.batch_size / cfg.optim.lr_base_batch
     epochs = [t // replay.steps_per_epoch for t in range(len(replay.lrs))]
     want = [peak * s.gamma ** sum(e >= m for m in s.milestones) for e in epochs]
