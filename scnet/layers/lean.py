@@ -33,28 +33,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .aten_ops import (
+    autocast_weight,
+    bn_backward,
+    bn_forward,
+    bn_tensors,
+    channels_layout,
+    conv_backward,
+    conv_config,
+    conv_input,
+)
 from .functional import upsample_like
-
-
-def _bn_forward(
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    momentum: float,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Training-mode BN of ``y``, updating the running statistics once (in place).
-
-    Returns the output and the batch mean and inverse standard deviation that backward needs.
-    """
-    out, mean, invstd = torch.ops.aten.native_batch_norm(
-        y, weight, bias, running_mean, running_var, True, momentum, eps
-    )
-    # A low-precision input with float32 parameters (autocast) gets float32 statistics from the CPU kernel, but
-    # bfloat16 ones from PyTorch's fake kernel, which the compiled custom ops rely on: both made the weight's.
-    return out, mean.to(weight.dtype), invstd.to(weight.dtype)
 
 
 def _bn_recompute(
@@ -77,57 +66,12 @@ def _bn_recompute(
     return torch.addcmul(shift, y, scale).to(y.dtype)
 
 
-def _bn_backward(
-    grad: torch.Tensor,
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    eps: float,
-    needs: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of a training-mode BN for its input, weight and bias: the kernel autograd itself uses."""
-    gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
-        grad, y, weight, None, None, mean, invstd, True, eps, list(needs)
-    )
-    return (gy if needs[0] else None), (gw if needs[1] else None), (gb if needs[2] else None)
-
-
 def _gate(x: torch.Tensor, c: torch.Tensor, identity: bool, upsample: str) -> torch.Tensor:
     """``sigmoid(x + up(c))`` (or ``sigmoid(up(c))``), as SCConv.gate computes it."""
     context = upsample_like(c, x, upsample)  # a new tensor: the sum can go into it (one full-size map fewer)
     if identity:
         return context.add_(x).sigmoid_()
     return context.sigmoid_()
-
-
-def _conv_backward(
-    grad: torch.Tensor,
-    inp: torch.Tensor,
-    weight: torch.Tensor,
-    stride: int,
-    padding: int,
-    dilation: int,
-    groups: int,
-    needs_weight: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Input and weight gradients of a bias-free conv2d. Both operands are cast to the gradient's dtype:
-    under autocast, forward ran the convolution in that dtype."""
-    dtype = grad.dtype
-    gi, gw, _ = torch.ops.aten.convolution_backward(
-        grad,
-        inp.to(dtype),
-        weight.to(dtype),
-        None,
-        [stride, stride],
-        [padding, padding],
-        [dilation, dilation],
-        False,
-        [0, 0],
-        groups,
-        [True, needs_weight, False],
-    )
-    return gi, (gw.to(weight.dtype) if needs_weight else None)
 
 
 def _upsample_backward(grad: torch.Tensor, c: torch.Tensor, mode: str) -> torch.Tensor:
@@ -142,14 +86,6 @@ def _upsample_backward(grad: torch.Tensor, c: torch.Tensor, mode: str) -> torch.
 
 # The kernels' arithmetic, shared by the eager autograd Functions and the compiled custom ops below: what each
 # keeps for backward (its inputs and the BN statistics) and how backward recomputes the rest.
-
-
-def _conv_input(t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The convolution's input in the weight's dtype. Under autocast (eager) the convolution casts both itself;
-    the custom ops run with autocast off and get the weight already cast to autocast's dtype."""
-    if t.dtype == weight.dtype or torch.is_autocast_enabled(t.device.type):
-        return t
-    return t.to(weight.dtype)
 
 
 def _calibrated_forward(
@@ -170,9 +106,9 @@ def _calibrated_forward(
     """``conv(bn(y3) * sigmoid(x + up(c)))``, the batch mean and inverse std; ``conv`` is (stride, padding,
     dilation, groups)."""
     stride, padding, dilation, groups = conv
-    k3x, mean, invstd = _bn_forward(y3, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
+    k3x, mean, invstd = bn_forward(y3, bn_weight, bn_bias, running_mean, running_var, momentum, eps)
     product = k3x.mul_(_gate(x, c, identity, upsample))
-    out = F.conv2d(_conv_input(product, conv_weight), conv_weight, None, stride, padding, dilation, groups)
+    out = F.conv2d(conv_input(product, conv_weight), conv_weight, None, stride, padding, dilation, groups)
     return out, mean, invstd
 
 
@@ -191,7 +127,7 @@ def _calibrated_backward(
     k3x = _bn_recompute(y3, bn_weight, bn_bias, mean, invstd)
     gate = _gate(x, c, identity, upsample)
     product = k3x * gate
-    grad_product, grad_conv = _conv_backward(grad, product, conv_weight, *conv, needs[5])
+    grad_product, grad_conv = conv_backward(grad, product, conv_weight, *conv, needs[5])
     # Full-size maps are the step's cost on CPU (each a fresh allocation): the product's buffer takes k3x's
     # gradient, and the sigmoid's gradient goes into the product's where the dtypes allow.
     if torch.promote_types(grad_product.dtype, gate.dtype) == product.dtype:
@@ -207,16 +143,12 @@ def _calibrated_backward(
     else:
         grad_z = torch.ops.aten.sigmoid_backward(grad_product, gate)
     del gate, grad_product
-    grad_y3, grad_bn_weight, grad_bn_bias = _bn_backward(
+    grad_y3, grad_bn_weight, grad_bn_bias = bn_backward(
         grad_k3x, y3, bn_weight, mean, invstd, eps, (needs[1], needs[3], needs[4])
     )
     grad_c = _upsample_backward(grad_z, c, upsample) if needs[2] else None
     grad_x = grad_z if identity and needs[0] else None
     return grad_x, grad_y3, grad_c, grad_bn_weight, grad_bn_bias, grad_conv
-
-
-def _channels_layout(y: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _cat_forward(
@@ -232,13 +164,13 @@ def _cat_forward(
     ``bn_a``/``bn_b``: (weight, bias, running_mean, running_var); ``config``: (momentum_a, eps_a, momentum_b,
     eps_b, avd_stride)."""
     momentum_a, eps_a, momentum_b, eps_b, avd_stride = config
-    out_a, mean_a, invstd_a = _bn_forward(y_a, *bn_a, momentum_a, eps_a)
-    out_b, mean_b, invstd_b = _bn_forward(y_b, *bn_b, momentum_b, eps_b)
+    out_a, mean_a, invstd_a = bn_forward(y_a, *bn_a, momentum_a, eps_a)
+    out_b, mean_b, invstd_b = bn_forward(y_b, *bn_b, momentum_b, eps_b)
     act = torch.cat([out_a, out_b], dim=1).relu_()
     del out_a, out_b
     if avd_stride:
         act = F.avg_pool2d(act, 3, avd_stride, 1)
-    return F.conv2d(_conv_input(act, conv_weight), conv_weight), mean_a, invstd_a, mean_b, invstd_b
+    return F.conv2d(conv_input(act, conv_weight), conv_weight), mean_a, invstd_a, mean_b, invstd_b
 
 
 def _cat_backward(
@@ -251,7 +183,7 @@ def _cat_backward(
     ``saved`` = ``(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b)``."""
     y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, mean_a, invstd_a, mean_b, invstd_b = saved
     _, eps_a, _, eps_b, avd_stride = config
-    layout = _channels_layout(y_a)
+    layout = channels_layout(y_a)
     if torch.compiler.is_compiling():
         # Traced by AOTAutograd: a plain concatenation, which the compiler fuses with the recomputation.
         act = torch.cat(
@@ -270,7 +202,7 @@ def _cat_backward(
         _bn_recompute(y_b, weight_b, bias_b, mean_b, invstd_b, out=act[:, channels:])
         act.relu_()
     pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
-    grad_act, grad_conv = _conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
+    grad_act, grad_conv = conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
     del pooled
     if avd_stride:
         grad_act = torch.ops.aten.avg_pool2d_backward(
@@ -284,19 +216,9 @@ def _cat_backward(
     # Channel slices are strided views, on which BN's backward kernel takes a slow path (measured: 1.7x
     # the time in channels_last); a copy in the BN inputs' layout costs less.
     grad_a, grad_b = (g.contiguous(memory_format=layout) for g in grad_act.split([y_a.shape[1], y_b.shape[1]], 1))
-    ga = _bn_backward(grad_a, y_a, weight_a, mean_a, invstd_a, eps_a, (needs[0], needs[2], needs[3]))
-    gb = _bn_backward(grad_b, y_b, weight_b, mean_b, invstd_b, eps_b, (needs[1], needs[4], needs[5]))
+    ga = bn_backward(grad_a, y_a, weight_a, mean_a, invstd_a, eps_a, (needs[0], needs[2], needs[3]))
+    gb = bn_backward(grad_b, y_b, weight_b, mean_b, invstd_b, eps_b, (needs[1], needs[4], needs[5]))
     return ga[0], gb[0], ga[1], ga[2], gb[1], gb[2], grad_conv
-
-
-def _bn_tensors(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    assert bn.weight is not None and bn.bias is not None
-    assert bn.running_mean is not None and bn.running_var is not None
-    return bn.weight, bn.bias, bn.running_mean, bn.running_var
-
-
-def _conv_config(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    return int(conv.stride[0]), int(conv.padding[0]), int(conv.dilation[0]), conv.groups  # type: ignore[index]
 
 
 # Eager training: autograd Functions (cheaper to call than a custom op, and they may keep Python objects).
@@ -317,7 +239,7 @@ class _CalibratedConv(torch.autograd.Function):
         upsample: str,
         conv: tuple[int, int, int, int],
     ) -> torch.Tensor:
-        _, _, running_mean, running_var = _bn_tensors(bn)
+        _, _, running_mean, running_var = bn_tensors(bn)
         momentum, eps = float(bn.momentum), float(bn.eps)  # type: ignore[arg-type]
         out, mean, invstd = _calibrated_forward(
             x,
@@ -361,7 +283,7 @@ class _BnReluCatConv(torch.autograd.Function):
         avd_stride: int,
     ) -> torch.Tensor:
         config = (float(bn_a.momentum), float(bn_a.eps), float(bn_b.momentum), float(bn_b.eps), avd_stride)  # type: ignore[arg-type]
-        stats_a, stats_b = _bn_tensors(bn_a)[2:], _bn_tensors(bn_b)[2:]
+        stats_a, stats_b = bn_tensors(bn_a)[2:], bn_tensors(bn_b)[2:]
         out, *stats = _cat_forward(
             y_a, y_b, (weight_a, bias_a, *stats_a), (weight_b, bias_b, *stats_b), conv_weight, config
         )
@@ -483,14 +405,6 @@ def _bn_relu_cat_conv_backward(ctx, grad, *_grad_stats):
 _bn_relu_cat_conv_op.register_autograd(_bn_relu_cat_conv_backward, setup_context=_bn_relu_cat_conv_setup)
 
 
-def _autocast(weight: torch.Tensor) -> torch.Tensor:
-    """A convolution weight in the dtype autocast would run the convolution in (itself outside autocast)."""
-    device = weight.device.type
-    if torch.is_autocast_enabled(device):
-        return weight.to(torch.get_autocast_dtype(device))
-    return weight
-
-
 def calibrated_conv(
     x: torch.Tensor,
     y3: torch.Tensor,
@@ -507,9 +421,9 @@ def calibrated_conv(
     training-mode ``BatchNorm2d``; its running statistics are updated (``num_batches_tracked`` is the
     caller's). Under ``torch.compile`` it runs as the custom op ``torch.ops.scnet.calibrated_conv``.
     """
-    weight, bias, running_mean, running_var = _bn_tensors(bn)
+    weight, bias, running_mean, running_var = bn_tensors(bn)
     if torch.compiler.is_compiling():
-        config = list(_conv_config(conv))
+        config = list(conv_config(conv))
         momentum = float(bn.momentum)  # type: ignore[arg-type]
         out, _, _, new_mean, new_var = _calibrated_conv_op(
             x,
@@ -519,7 +433,7 @@ def calibrated_conv(
             bias,
             running_mean,
             running_var,
-            _autocast(conv.weight),
+            autocast_weight(conv.weight),
             momentum,
             bn.eps,
             identity,
@@ -529,7 +443,7 @@ def calibrated_conv(
         running_mean.copy_(new_mean)
         running_var.copy_(new_var)
         return out
-    return _CalibratedConv.apply(x, y3, c, weight, bias, conv.weight, bn, identity, upsample, _conv_config(conv))
+    return _CalibratedConv.apply(x, y3, c, weight, bias, conv.weight, bn, identity, upsample, conv_config(conv))
 
 
 def bn_relu_cat_conv(
@@ -544,15 +458,15 @@ def bn_relu_cat_conv(
     """
     if torch.compiler.is_compiling():
         momentum_a, momentum_b = float(bn_a.momentum), float(bn_b.momentum)  # type: ignore[arg-type]
-        bns = *_bn_tensors(bn_a), *_bn_tensors(bn_b)
+        bns = *bn_tensors(bn_a), *bn_tensors(bn_b)
         out, _, _, _, _, *stats = _bn_relu_cat_conv_op(
-            y_a, y_b, *bns, _autocast(conv.weight), momentum_a, bn_a.eps, momentum_b, bn_b.eps, avd_stride
+            y_a, y_b, *bns, autocast_weight(conv.weight), momentum_a, bn_a.eps, momentum_b, bn_b.eps, avd_stride
         )
         for buffer, new in zip((bns[2], bns[3], bns[6], bns[7]), stats, strict=True):
             buffer.copy_(new)
         return out
-    weight_a, bias_a, _, _ = _bn_tensors(bn_a)
-    weight_b, bias_b, _, _ = _bn_tensors(bn_b)
+    weight_a, bias_a, _, _ = bn_tensors(bn_a)
+    weight_b, bias_b, _, _ = bn_tensors(bn_b)
     return _BnReluCatConv.apply(y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv.weight, bn_a, bn_b, avd_stride)
 
 
@@ -567,7 +481,7 @@ class _SharedInputConv1x1(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, *weights = ctx.saved_tensors
         needs_weight = any(ctx.needs_input_grad[1:])
-        grad_x, grad_weight = _conv_backward(grad, x, torch.cat(weights), 1, 0, 1, 1, needs_weight)
+        grad_x, grad_weight = conv_backward(grad, x, torch.cat(weights), 1, 0, 1, 1, needs_weight)
         if grad_weight is None:
             return grad_x, *([None] * len(weights))
         return grad_x, *grad_weight.split([w.shape[0] for w in weights])

@@ -6,6 +6,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .dispatch import training_kernels
 from .functional import (
     InputTooSmallError,
     check_calibration_options,
@@ -16,7 +17,7 @@ from .functional import (
 from .fused import is_plain_bn
 from .lean import calibrated_conv
 
-__all__ = ["InputTooSmallError", "SCConv", "SelfCalibrated", "can_run_lean", "conv_bn"]
+__all__ = ["InputTooSmallError", "SCConv", "SelfCalibrated", "conv_bn"]
 
 
 class SelfCalibrated(nn.Module):
@@ -28,22 +29,6 @@ class SelfCalibrated(nn.Module):
 # create_feature_extractor, timm's FeatureGraphNet): a Python `if` on a traced size would stop the tracer.
 torch.fx.wrap("check_feature_size")
 torch.fx.wrap("upsample_like")
-
-
-def _is_exporting() -> bool:
-    # torch.compiler.is_exporting is torch >= 2.6; before it, torch.export traced training graphs with
-    # the custom ops in them, which only matters for an exported training-mode model.
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
-
-
-def can_run_lean(x: torch.Tensor, bns: list[nn.Module]) -> bool:
-    """Whether the lean training kernels (``lean.py``) may run: autograd in training mode over stock BatchNorm2d
-    layers, eager or under ``torch.compile`` (as custom ops). TorchScript, FX and ``torch.export`` get the plain
-    layers (an exported program must not need scnet's operators); evaluation saves nothing for backward anyway."""
-    if not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or _is_exporting():
-        return False
-    return all(bn.training and is_plain_bn(bn) for bn in bns)
 
 
 def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -128,6 +113,8 @@ class SCConv(SelfCalibrated):
         self.k4 = conv_bn(chs, chs, stride, dilation, groups)
         # Train with the lean kernels where they apply (see lean.py); False runs the plain layers.
         self.fused = True
+        # On CUDA, the fused Triton calibration (triton_ops.py) where it applies; False keeps the lean kernel.
+        self.triton = True
 
     def extra_repr(self) -> str:
         return (
@@ -144,14 +131,32 @@ class SCConv(SelfCalibrated):
         return context.sigmoid_()
 
     @torch.jit.unused
-    def calibrated_lean(self, x: torch.Tensor) -> torch.Tensor:
-        """``k4``'s convolution of ``k3(x) * gate(x)`` (before ``k4``'s BN) by the lean kernel, which keeps
-        neither the gate nor the product for backward. Training mode, stock BNs only."""
+    def triton_applies(self) -> bool:
+        """Whether the fused Triton calibration computes this layer: the release's options (average pooling that
+        floors, nearest upsampling, the identity term) over stock BNs, ``k4`` without a bias."""
+        pool = self.k2[0]
+        return (
+            isinstance(pool, nn.AvgPool2d)
+            and not self.pool_ceil_mode
+            and self.calib_identity
+            and self.upsample == "nearest"
+            and is_plain_bn(self.k2[2])
+            and self.k4[0].bias is None
+        )
 
+    @torch.jit.unused
+    def calibrated_lean(self, x: torch.Tensor, triton: bool = False) -> torch.Tensor:
+        """``k4``'s convolution of ``k3(x) * gate(x)`` (before ``k4``'s BN) by the hand-written kernels, which keep
+        neither the gate nor the product for backward: the fused Triton one when ``triton`` and it applies, else the
+        lean one. Training mode, stock BNs only."""
         x = check_feature_size(x, self.pooling_r, self.min_feature_size, self.min_input_size)
-        context = self.k2(x)
         y3 = self.k3[0](x)
         bn3 = self.k3[1]
+        if triton and self.triton_applies():
+            from . import triton_ops  # imports triton: only where it runs
+
+            return triton_ops.calibrate(x, y3, self.k2, bn3, self.k4[0])
+        context = self.k2(x)
         assert bn3.num_batches_tracked is not None
         bn3.num_batches_tracked.add_(1)  # the kernel updates the running statistics, nn.BatchNorm2d this
         return calibrated_conv(x, y3, context, bn3, self.k4[0], self.calib_identity, self.upsample)
@@ -159,6 +164,7 @@ class SCConv(SelfCalibrated):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TorchScript skips this branch: autograd Functions do not script.
         if not torch.jit.is_scripting():
-            if self.fused and can_run_lean(x, [self.k3[1]]):
-                return self.k4[1](self.calibrated_lean(x))
+            kernels = training_kernels(x, self.fused, self.triton, [self.k3[1]])
+            if kernels != "plain":
+                return self.k4[1](self.calibrated_lean(x, kernels == "triton"))
         return self.k4(self.k3(x) * self.gate(x))

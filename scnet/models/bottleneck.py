@@ -9,9 +9,10 @@ import torch.fx
 from timm.layers import DropPath, create_attn
 from torch import nn
 
-from ..layers.fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input
+from ..layers.dispatch import training_kernels
+from ..layers.fused import batch_norm_group, can_fuse_bns, conv1x1_shared_input, is_plain_bn
 from ..layers.lean import bn_relu_cat_conv, shared_input_conv1x1
-from ..layers.scconv import SCConv, SelfCalibrated, can_run_lean, conv_bn
+from ..layers.scconv import SCConv, SelfCalibrated, conv_bn
 
 
 class SCBottleneck(SelfCalibrated):
@@ -81,6 +82,8 @@ class SCBottleneck(SelfCalibrated):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         # In training, run the two 1x1 reductions as one kernel (same numbers, same state_dict); see fused.py.
         self.fused = True
+        # On CUDA, training runs the fused Triton kernels (triton_ops.py) where they apply; False keeps the lean ones.
+        self.triton = True
         # Read only by scripted code; set by __prepare_scriptable__ (with the BNs' momentum and eps, which
         # TorchScript cannot read from the BN submodules).
         self.plain_bns = True
@@ -175,18 +178,37 @@ class SCBottleneck(SelfCalibrated):
         return bn_relu_cat_conv(y_a, y_b, bn_a, bn_b, self.conv3, avd_stride)
 
     @torch.jit.unused
-    def _can_run_lean(self, x: torch.Tensor) -> bool:
-        return self.fused and self.scconv.fused and can_run_lean(x, [self.k1[1], self.scconv.k3[1], self.scconv.k4[1]])
+    def _conv3_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv3`` of both branches (before ``bn3``) by the fused Triton kernels (CUDA): the two reductions as one
+        convolution split by BN-ReLU, the calibration with ``k2`` inside, BN-ReLU writing the concatenation."""
+        from ..layers import triton_ops  # imports triton: only where it runs
+
+        if is_plain_bn(self.bn1_a) and is_plain_bn(self.bn1_b):
+            a, b = triton_ops.reduce_split(x, self.conv1_a, self.bn1_a, self.conv1_b, self.bn1_b)
+        else:
+            a = self.relu(self.bn1_a(self.conv1_a(x)))
+            b = self.relu(self.bn1_b(self.conv1_b(x)))
+        y_a = self.k1[0](a)
+        y_b = self.scconv.calibrated_lean(b, triton=self.scconv.triton)
+        avd_stride = 0 if self.avd_layer is None else int(self.avd_layer.stride)
+        return triton_ops.bn_relu_cat_conv(y_a, y_b, self.k1[1], self.scconv.k4[1], self.conv3, avd_stride)
+
+    @torch.jit.unused
+    def _kernels(self, x: torch.Tensor) -> str:
+        fused = self.fused and self.scconv.fused
+        return training_kernels(x, fused, self.triton, [self.k1[1], self.scconv.k3[1], self.scconv.k4[1]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
 
         # TorchScript never reaches the lean kernels (autograd Functions do not script); plain_bns first: a
         # constant False there keeps TorchScript from compiling the fused code at all.
-        lean = False
+        kernels = "plain"
         if not torch.jit.is_scripting():
-            lean = self._can_run_lean(x)
-        if lean:
+            kernels = self._kernels(x)
+        if kernels == "triton":
+            out = self._conv3_triton(x)
+        elif kernels == "lean":
             out = self._conv3_lean(x)
         else:
             if self.plain_bns and self._fusable(x):

@@ -221,13 +221,17 @@ class SCNet(nn.Module):
         """Recompute block activations in backward to save memory."""
         self.grad_checkpointing = enable
 
-    def set_fused(self, enable: bool = True) -> None:
-        """Run each block's shipped training kernels (default: the two 1x1 reductions as one convolution on NCHW
-        input, and in eager training the lean kernels of lean.py), or the plain layers as drawn in the paper. Both
-        compute the same function with the same parameters; evaluation runs the plain layers either way."""
+    def set_fused(self, enable: bool = True, triton: bool = True) -> None:
+        """Run each block's shipped training kernels, or the plain layers as drawn in the paper (``enable=False``).
+
+        The shipped kernels are, in training: on CUDA (with ``triton``) the fused Triton kernels of
+        ``layers/triton_ops.py``; elsewhere, or with ``triton=False``, the lean kernels of ``layers/lean.py`` and the
+        two 1x1 reductions as one convolution on NCHW input. All compute the same function with the same
+        parameters; evaluation runs the plain layers either way."""
         for m in self.modules():
             if isinstance(m, (SCBottleneck, SCConv)):
                 m.fused = enable
+                m.triton = triton
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
