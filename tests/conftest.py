@@ -42,6 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # changes; the other modules follow in their usual order.
 LONGEST_MODULES = (
     "models/test_contracts.py",
+    "layers/test_triton_kernels.py",
     "scripts/test_bench_gpu.py",
     "reliability/test_peers.py",
     "reliability/test_kills.py",

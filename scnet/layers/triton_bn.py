@@ -461,4 +461,5 @@ def bn_backward(
             *out.stride(),
             **common,
         )
-    return total[1].to(weight.dtype), total[0].to(bias.dtype)
+    # Copies: views of one tensor would alias each other as a custom op's outputs.
+    return total[1].to(weight.dtype, copy=True), total[0].to(bias.dtype, copy=True)

@@ -392,8 +392,8 @@ def calibration_sums(
             *ctx.stride(),
             **plan["constants"],
         )
-    total = sums.sum(dim=1)
-    return grad_ctx, total[0], total[1]
+    sum_g, sum_gx = sums.sum(dim=1).unbind()
+    return grad_ctx, sum_g.clone(), sum_gx.clone()
 
 
 def calibration_grads(

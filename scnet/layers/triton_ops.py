@@ -312,7 +312,9 @@ def _reduce_split_impl(x, conv_a, conv_b, weight_a, bias_a, mean_a, var_a, weigh
 
 def _reduce_split_backward_impl(grad_a, grad_b, *saved):
     with _no_autocast(grad_a.device):
-        return _reduce_backward(grad_a, grad_b, saved, (True,) * 7)
+        grad_x, grad_conv_a, *rest = _reduce_backward(grad_a, grad_b, saved, (True,) * 7)
+    # The two weights' gradients are halves of one tensor; outputs of a custom op must not alias each other.
+    return grad_x, grad_conv_a.clone(), *rest
 
 
 _reduce_split_op = _define(
