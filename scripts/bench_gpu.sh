@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # scripts/bench_gpu.sh: every GPU measurement this project needs, in one go, ending with a Markdown report.
 #
-# What it measures (bf16 autocast, channels_last, batch 256, 224 px; each figure beside its baseline from
-# the same process):
-#   1. training img/s of scnet50, scnet50_v1d, scnet101 and sc_resnext50_32x4d against resnet50 on
-#      synthetic input, eager and torch.compile'd (scnet-bench model --train), with peak memory and the
-#      activations saved for backward per image;
+# What it measures (bf16 autocast, channels_last, batch 256, 224 px, cudnn.benchmark on; each figure beside
+# its baseline from the same process):
+#   1. training img/s of scnet50, scnet50_v1d, scnet101 and sc_resnext50_32x4d, each against its own
+#      baseline (resnet50, resnet50d, resnet101, resnext50_32x4d: scnet.models.BASELINES), on synthetic
+#      input, eager and torch.compile'd (scnet-bench model --train), with peak memory and the activations
+#      saved for backward per image; the same for the first model's plain layers (MODEL:layerwise) and its
+#      lean kernels without the Triton ones (MODEL:lean), against the same baseline, so that each kernel is
+#      shown against the code it replaces; and a per-kernel table of the first model's eager training step
+#      and its baseline's (torch.profiler; json/train-eager-MODEL.kernels.md, included in the report);
 #   2. inference img/s of the same models (scnet-bench model --infer), eager and compiled;
 #   3. loader img/s with all cores on generated ImageNet-sized JPEGs (500x375 / 375x500, quality 90,
 #      ~100 kB each; python -m scnet.data.synthetic), ours against torchvision's ImageFolder + PIL
@@ -32,17 +36,20 @@
 # Options:
 #   --out DIR       output folder; must be missing or empty (default: bench-gpu-out/<UTC date-time>[-dry],
 #                   a new folder each run, so nothing is ever overwritten)
-#   --dry-run       CPU, batch 2, 112 px, 1 warm-up + 1 step, compile backend "eager", one model, a tiny
-#                   JPEG set and a 2-step training run: the same commands as the real run, smaller
+#   --dry-run       CPU, batch 2, 112 px, 1 warm-up + 1 step (1 profiled), compile backend "eager", one model
+#                   (and its :lean row, eager only), a tiny JPEG set and a 2-step training run: the same
+#                   commands as the real run, fewer and smaller
 #   --models LIST   SC models, comma- or space-separated (default: scnet50,scnet50_v1d,scnet101,
-#                   sc_resnext50_32x4d; dry run: scnet50); the first one is also the training run's model
-#   --baseline M    the model each is compared with (default: resnet50)
+#                   sc_resnext50_32x4d; dry run: scnet50); the first one is also the training run's model and
+#                   the one whose :layerwise and :lean rows and kernel table are measured
+#   --baseline M    compare every model with M (default: each with its own baseline, scnet.models.BASELINES)
 #   --budget S      seconds for the whole run, 0 = no limit (default: 480; dry run: 900). The skip decisions
 #                   use an H100's step times, also in a dry run
 #   --only GLOBS    run only the steps whose names match one of these space-separated globs, e.g. after a
 #                   run that skipped some for time: --only 'train-compiled-* infer-compiled-*'. Step names:
-#                   {train,infer}-{eager,compiled}-MODEL, jpeg-gen, loader, train-run (the last two need
-#                   jpeg-gen); the preflight always runs
+#                   {train,infer}-{eager,compiled}-MODEL (a suffix written with '.', not ':', so that file
+#                   names have no colon: train-eager-scnet50.lean), jpeg-gen, loader, train-run (the last two
+#                   need jpeg-gen); the preflight always runs
 #   --data DIR      where the JPEGs go; must be missing or empty (default: OUT/jpeg). Put it outside OUT
 #                   when OUT is copied back from the GPU machine: the set is 7-8 GB
 #   --keep-data     keep the generated JPEGs and the training run's checkpoints (default: removed at exit)
@@ -50,7 +57,8 @@
 # the commands run as "$PYTHON -m scnet.cli.<name>", otherwise through the installed console scripts.
 #
 # Output folder: report.md, steps.tsv (step, status, seconds), env.json, json/<step>.json (raw results),
-# logs/<step>.log, train-run/ (config.yaml, metrics.jsonl, TensorBoard events).
+# json/train-eager-MODEL.kernels.md (the kernel table), logs/<step>.log, train-run/ (config.yaml,
+# metrics.jsonl, TensorBoard events).
 # Exit status: 0 when every step ran or was skipped (time, --only); 1 when a step failed (each is named on
 # stderr and its log's end shown; the other steps still run and the report is still printed); 2 for bad
 # usage or an output or data folder that is not empty.
@@ -69,7 +77,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OUT=""
 DRY_RUN=0
 MODELS=""
-BASELINE=resnet50
+BASELINE="" # empty: each model against its own baseline (scnet-bench's default)
 BUDGET=""
 ONLY=""
 DATA=""
@@ -99,14 +107,18 @@ if ((DRY_RUN)); then
     DEVICE=cpu
     MODELS=${MODELS:-scnet50}
     BUDGET=${BUDGET:-900} # never binding; it puts every step under timeout, as in the real run
-    BATCH=2 IMAGE=112 WARMUP=1 STEPS=1 COMPILE_BACKEND=eager
+    BATCH=2 IMAGE=112 WARMUP=1 STEPS=1 KERNEL_STEPS=1 COMPILE_BACKEND=eager
+    # The first model's other kernels: one eager row shows the command works (each row is a process, ~7 s here).
+    EAGER_SUFFIXES=(:lean) COMPILED_SUFFIXES=()
     TRAIN_STEPS=2 LOG_EVERY=1 CLASSES=2 VAL_PER_CLASS=1
     LOADER_WARMUP=1 LOADER_BATCHES=2 LOADER_REPEATS=1
 else
     DEVICE=cuda
     MODELS=${MODELS:-$DEFAULT_MODELS}
     BUDGET=${BUDGET:-480}
-    BATCH=256 IMAGE=224 WARMUP=5 STEPS=20 COMPILE_BACKEND=inductor
+    BATCH=256 IMAGE=224 WARMUP=5 STEPS=20 KERNEL_STEPS=3 COMPILE_BACKEND=inductor
+    # The first model's other kernels (scnet-bench's name suffixes): the plain layers and the lean ones.
+    EAGER_SUFFIXES=(:layerwise :lean) COMPILED_SUFFIXES=(:layerwise :lean)
     TRAIN_STEPS=300 LOG_EVERY=50 CLASSES=10 VAL_PER_CLASS=50
     # Each worker makes whole batches, so the first batches arrive together: warm up one per worker,
     # then measure three rounds of them.
@@ -121,11 +133,11 @@ if ((DRY_RUN)); then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 read -r -a MODEL_LIST <<<"${MODELS//,/ }"
-# The names the preflight checks: a dry run also checks the real run's, which it does not measure.
-read -r -a CHECK_MODELS <<<"${MODELS//,/ } $BASELINE"
-if ((DRY_RUN)); then read -r -a CHECK_MODELS <<<"${CHECK_MODELS[*]} ${DEFAULT_MODELS//,/ }"; fi
 ((${#MODEL_LIST[@]})) || die 2 "--models is empty"
 TRAIN_MODEL=${MODEL_LIST[0]}
+# The names the preflight checks (and pairs with their baselines): a dry run also checks the real run's.
+CHECK_MODELS=("${MODEL_LIST[@]}" "$TRAIN_MODEL:layerwise" "$TRAIN_MODEL:lean")
+if ((DRY_RUN)); then read -r -a CHECK_MODELS <<<"${CHECK_MODELS[*]} ${DEFAULT_MODELS//,/ }"; fi
 # One epoch of exactly TRAIN_STEPS steps: the trainer has no step limit, so the training split is sized
 # for it (and the loader benchmark reads no more than one pass over it).
 TRAIN_IMAGES=$((TRAIN_STEPS * BATCH))
@@ -137,6 +149,7 @@ fi
 # Seconds a step takes on an H100/H200 with 16 cores, rounded up from the H200 run of 2026-12-04 (the budget's
 # skip decision; BENCHMARKS.md). The first compiled step compiles resnet50 too, cold: ~180 s.
 EST_TRAIN_EAGER=30 EST_INFER_EAGER=20 EST_JPEG=90 EST_LOADER=60 EST_TRAIN_RUN=90
+EST_KERNELS=15 # the kernel table's profiled steps, on top of the first model's eager training
 EST_TRAIN_COMPILED=200 EST_INFER_COMPILED=60
 GRACE=60 # a running step is stopped this long after the budget
 
@@ -256,13 +269,19 @@ needs() {
     return 1
 }
 
-bench_model() { # bench_model train|infer eager|compiled MODEL ESTIMATE_S
-    local mode=$1 variant=$2 model=$3 estimate=$4
-    local name=$mode-$variant-$model
-    local args=(model --model "$model" --vs "$BASELINE" "--$mode" --amp "$AMP" --channels-last
+bench_model() { # bench_model train|infer eager|compiled MODEL ESTIMATE_S [kernel-table]
+    local mode=$1 variant=$2 model=$3 estimate=$4 table=${5:-}
+    local name=$mode-$variant-${model//:/.}
+    local args=(model --model "$model" "--$mode" --amp "$AMP" --channels-last
         --batch-size "$BATCH" --image-size "$IMAGE" --device "$DEVICE" --steps "$STEPS" --warmup "$WARMUP"
         --threads "$THREADS" --json "$OUT/json/$name.json")
+    # Without --vs, scnet-bench compares the model with its own baseline.
+    if [[ -n $BASELINE ]]; then args+=(--vs "$BASELINE"); fi
     if [[ $variant == compiled ]]; then args+=(--compile --compile-backend "$COMPILE_BACKEND"); fi
+    if [[ -n $table ]]; then
+        args+=(--kernel-table "$OUT/json/$name.kernels.md" --kernel-steps "$KERNEL_STEPS")
+        estimate=$((estimate + EST_KERNELS))
+    fi
     run_step "$name" "$estimate" "${BENCH[@]}" "${args[@]}"
 }
 
@@ -276,15 +295,17 @@ preflight() {
     free_kb=$(df -Pk "$probe" | awk 'NR == 2 {print $4}')
     ((free_kb > need_kb)) || { echo "$probe: ${free_kb} kB free, the JPEGs need ~${need_kb} kB" >&2; return 1; }
     "${REPORT[@]}" env --json "$OUT/env.json" --device "$DEVICE" --models "${CHECK_MODELS[@]}" \
+        ${BASELINE:+--baseline "$BASELINE"} \
         --setting dry_run="$DRY_RUN" --setting baseline="$BASELINE" --setting batch_size="$BATCH" \
         --setting image_size="$IMAGE" --setting amp="$AMP" --setting warmup="$WARMUP" --setting steps="$STEPS" \
         --setting compile_backend="$COMPILE_BACKEND" --setting train_model="$TRAIN_MODEL" \
-        --setting train_steps="$TRAIN_STEPS" --setting budget="$BUDGET"
+        --setting train_steps="$TRAIN_STEPS" --setting budget="$BUDGET" --setting kernel_steps="$KERNEL_STEPS"
 }
 
 KIND="real run"
 if ((DRY_RUN)); then KIND="DRY RUN"; fi
-log_line "bench_gpu.sh: $KIND, device $DEVICE, models ${MODEL_LIST[*]} vs $BASELINE, budget ${BUDGET}s, output $OUT"
+log_line "bench_gpu.sh: $KIND, device $DEVICE, models ${MODEL_LIST[*]} vs ${BASELINE:-their own baselines}," \
+    "budget ${BUDGET}s, output $OUT"
 log_line "commands: ${BENCH[*]} / ${TRAIN[*]} (python: $PY)"
 log_line "preflight ..."
 if ! preflight >"$OUT/logs/preflight.log" 2>&1; then
@@ -303,9 +324,14 @@ if [[ $COMPILE_BACKEND == inductor ]] && ! command -v cc >/dev/null && ! command
 fi
 
 # In order of what matters most, so that a tight budget drops the least important steps (the last ones):
-# the goals' figures first (training eager, the JPEG run, the training model compiled), then the rest.
-for model in "${MODEL_LIST[@]}"; do
+# the goals' figures first (training eager, with the first model's kernel table and its other kernels beside
+# it, the JPEG run, the training model compiled, then its other kernels compiled), then the rest.
+bench_model train eager "$TRAIN_MODEL" "$EST_TRAIN_EAGER" kernel-table
+for model in "${MODEL_LIST[@]:1}"; do
     bench_model train eager "$model" "$EST_TRAIN_EAGER"
+done
+for suffix in "${EAGER_SUFFIXES[@]}"; do
+    bench_model train eager "$TRAIN_MODEL$suffix" "$EST_TRAIN_EAGER"
 done
 
 run_step jpeg-gen "$EST_JPEG" "$PY" -m scnet.data.synthetic --out "$DATA" --classes "$CLASSES" \
@@ -327,6 +353,9 @@ if needs train-run jpeg-gen; then
 fi
 
 bench_model train compiled "$TRAIN_MODEL" "$EST_TRAIN_COMPILED"
+for suffix in "${COMPILED_SUFFIXES[@]}"; do
+    bench_model train compiled "$TRAIN_MODEL$suffix" "$EST_TRAIN_COMPILED"
+done
 for model in "${MODEL_LIST[@]}"; do
     bench_model infer eager "$model" "$EST_INFER_EAGER"
 done

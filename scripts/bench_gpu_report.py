@@ -5,13 +5,15 @@
         --setting batch_size=256 ...
     python scripts/bench_gpu_report.py render RUN          # prints the report and writes RUN/report.md
 
-``env`` fails (exit 2, one line) when the run cannot work: a model name that does not exist, or
-``--device cuda`` without a usable GPU; it then writes nothing.
+``env`` fails (exit 2, one line) when the run cannot work: a model name that does not exist (or a suffix
+scnet-bench does not know), a model without a baseline of its own and no ``--baseline``, or ``--device cuda``
+without a usable GPU; it then writes nothing. It records each model's baseline (``baselines``).
 
 ``render`` reads the run folder that bench_gpu.sh fills: ``steps.tsv`` (one line per step: name, status,
-seconds; the rows of the report, in order), ``json/<step>.json`` (each step's raw result), ``env.json``
-and ``train-run/`` (the scnet-train output: ``metrics.jsonl`` and TensorBoard events). A step that
-failed or was skipped is a row that says so, never a missing row.
+seconds; the rows of the report, in order), ``json/<step>.json`` (each step's raw result),
+``json/<step>.kernels.md`` (a step's kernel table, included), ``env.json`` and ``train-run/`` (the
+scnet-train output: ``metrics.jsonl`` and TensorBoard events). A step that failed or was skipped is a row
+that says so, never a missing row.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ _CLI_CHECKS = {
         + ["--image-size", "112", "--device", "cpu", "--steps", "1", "--warmup", "1", "--threads", "1"]
         + ["--json", "a.json", "--compile", "--compile-backend", "eager"],
         ["model", "--model", "a", "--vs", "b", "--infer"],
+        ["model", "--model", "a:lean", "--train", "--kernel-table", "a.kernels.md", "--kernel-steps", "1"],
         ["data", "--data", "d", "--workers", "1", "--batches", "1", "--batch-size", "2", "--warmup", "1"]
         + ["--repeats", "1", "--image-size", "112", "--json", "a.json"],
     ],
@@ -107,10 +110,7 @@ def collect_env(args: argparse.Namespace) -> dict:
             "or name the right one with PYTHON=..."
         ) from None
     check_cli()
-    known = set(scnet.list_models())
-    unknown = [m for m in args.models if m not in known]
-    if unknown:
-        raise ValueError(f"unknown model name(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    baselines = pair_baselines(args.models, args.baseline)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda, but torch sees no usable GPU (use --dry-run on a CPU machine)")
@@ -136,8 +136,25 @@ def collect_env(args: argparse.Namespace) -> dict:
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "host": platform.node(),
         "git": _run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"]),
+        "baselines": baselines,
         "settings": settings,
     }
+
+
+def pair_baselines(models: Sequence[str], baseline: str | None) -> dict[str, str]:
+    """Each model's baseline as scnet-bench picks it (``baseline``, else its own); ValueError naming the models
+    that do not exist or have no baseline of their own."""
+    from scnet.bench.model import pick_baseline
+
+    pairs, errors = {}, []
+    for model in models:
+        try:
+            pairs[model] = pick_baseline(model, baseline)
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ValueError("; ".join(dict.fromkeys(errors)))  # a wrong --baseline fails each model alike
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------- render
@@ -214,7 +231,6 @@ def render(run: Path) -> str:
     steps = read_steps(run)
     by_name = {s["name"]: s for s in steps}
     dry = settings.get("dry_run") == "1"
-    baseline = settings.get("baseline", "baseline")
     out = ["# SCNet GPU benchmark (scripts/bench_gpu.sh)", ""]
     if dry:
         out += [
@@ -223,61 +239,20 @@ def render(run: Path) -> str:
             "",
         ]
     smi = f" (nvidia-smi: {env['nvidia_smi']})" if env.get("nvidia_smi") else ""
+    tuned = ", cudnn.benchmark" if env.get("device") == "cuda" else ""  # scnet-bench sets it on CUDA
     out += [
         f"- device: {env.get('device_name', '?')}{smi}; {env.get('cpu_cores', '?')} CPU cores",
         f"- torch {env.get('torch', '?')} (CUDA {env.get('cuda') or '—'}, cuDNN {env.get('cudnn') or '—'}), "
         f"scnet {env.get('scnet', '?')} (git {env.get('git') or '?'}), Python {env.get('python', '?')}",
         f"- date: {env.get('date', '?')}; run folder: {run}",
         f"- settings: batch {settings.get('batch_size', '?')}, {settings.get('image_size', '?')} px, "
-        f"amp {settings.get('amp', '?')}, channels_last, warm-up {settings.get('warmup', '?')} + "
+        f"amp {settings.get('amp', '?')}, channels_last{tuned}, warm-up {settings.get('warmup', '?')} + "
         f"{settings.get('steps', '?')} measured steps, compile backend {settings.get('compile_backend', '?')}",
         "",
     ]
 
-    # Models on synthetic input.
-    rows, results = [], {}
-    model_steps = []
-    for step in steps:
-        parts = step["name"].split("-", 2)
-        if len(parts) == 3 and parts[0] in ("train", "infer") and parts[1] in ("eager", "compiled"):
-            model_steps.append((parts, step))
-    # Grouped as the reader compares them (train eager, train compiled, infer ...), models in the run's order.
-    models = list(dict.fromkeys(parts[2] for parts, _ in model_steps))
-    model_steps.sort(key=lambda item: (_MODES.index(item[0][0]), _VARIANTS.index(item[0][1]), models.index(item[0][2])))
-    for (mode, variant, model), step in model_steps:
-        r = _read_json(run / "json" / f"{step['name']}.json") if step["status"] == "ok" else None
-        if r is None:
-            why = _not_measured(step) if step["status"] != "ok" else "ok, but no JSON"
-            rows.append([model, mode, variant, why] + ["—"] * 6)
-            continue
-        results[(mode, variant, model)] = r
-        rows.append(
-            [
-                model,
-                mode,
-                variant,
-                _num(r.get("images_per_second")),
-                _num(r.get("baseline_images_per_second")),
-                _num(r.get("ratio"), 2),
-                _num(r.get("peak_memory_bytes"), 1, GIB),
-                _num(r.get("baseline_peak_memory_bytes"), 1, GIB),
-                _num(r.get("saved_bytes_per_image"), 1, MIB),
-                _num(r.get("baseline_saved_bytes_per_image"), 1, MIB),
-            ]
-        )
-    if rows:
-        out += [f"## Models on synthetic input, against {baseline} (scnet-bench model)", ""]
-        header = ["model", "mode", "eager/compiled", "img/s", f"{baseline} img/s", "ratio", "peak GiB"]
-        header += [f"{baseline} peak GiB", "saved MiB/img", f"{baseline} saved MiB/img"]
-        out += _table(header, rows, right_from=3)
-        out += [
-            "",
-            "ratio = img/s / baseline img/s (> 1: faster than the baseline; — when too few steps were timed for a "
-            "stable median, as in a dry run). Peak GiB: the CUDA allocator's peak "
-            "(— on CPU). Saved MiB/img: what a training forward keeps for backward, per image (compiled rows of "
-            "train: the compiled graph's; the other rows: the eager model's).",
-            "",
-        ]
+    model_lines, results = _models_section(run, steps, env)
+    out += model_lines
 
     # Data: the JPEG set, the loader, the training run.
     data_rows = []
@@ -366,6 +341,83 @@ def render(run: Path) -> str:
     return "\n".join(out)
 
 
+def step_model(part: str) -> str:
+    """The model of a step name's last part: bench_gpu.sh writes a suffix's ':' as '.' (scnet50.lean)."""
+    return part.replace(".", ":", 1)
+
+
+def _model_row(
+    run: Path, step: dict, model: str, baseline: str, mode: str, variant: str
+) -> tuple[list[str], dict | None]:
+    """One row of the models' table, and the step's raw result (None when it has none)."""
+    r = _read_json(run / "json" / f"{step['name']}.json") if step["status"] == "ok" else None
+    if r is None:
+        why = _not_measured(step) if step["status"] != "ok" else "ok, but no JSON"
+        return [model, baseline, mode, variant, why] + ["—"] * 6, None
+    figures = [
+        _num(r.get("images_per_second")),
+        _num(r.get("baseline_images_per_second")),
+        _num(r.get("ratio"), 2),
+        _num(r.get("peak_memory_bytes"), 1, GIB),
+        _num(r.get("baseline_peak_memory_bytes"), 1, GIB),
+        _num(r.get("saved_bytes_per_image"), 1, MIB),
+        _num(r.get("baseline_saved_bytes_per_image"), 1, MIB),
+    ]
+    return [model, r.get("baseline", baseline), mode, variant, *figures], r
+
+
+def _models_section(run: Path, steps: list[dict], env: dict) -> tuple[list[str], dict]:
+    """The models' table (each against its own baseline, or the run's --baseline), the kernel tables the steps
+    wrote, and the raw results by (mode, variant, model)."""
+    settings = env.get("settings", {})
+    model_steps = []
+    for step in steps:
+        parts = step["name"].split("-", 2)
+        if len(parts) == 3 and parts[0] in _MODES and parts[1] in _VARIANTS:
+            model_steps.append(((parts[0], parts[1], step_model(parts[2])), step))
+    if not model_steps:
+        return [], {}
+    # Grouped as the reader compares them (train eager, train compiled, infer ...), models in the run's order.
+    models = list(dict.fromkeys(key[2] for key, _ in model_steps))
+    model_steps.sort(key=lambda item: (_MODES.index(item[0][0]), _VARIANTS.index(item[0][1]), models.index(item[0][2])))
+    rows, results, kernels = [], {}, []
+    for (mode, variant, model), step in model_steps:
+        # A step without a result still names its baseline: the one the preflight paired it with.
+        baseline = env.get("baselines", {}).get(model) or settings.get("baseline") or "—"
+        row, r = _model_row(run, step, model, baseline, mode, variant)
+        rows.append(row)
+        if r is not None:
+            results[(mode, variant, model)] = r
+        if (run / "json" / f"{step['name']}.kernels.md").is_file():
+            kernels.append(step["name"])
+    override = settings.get("baseline")
+    against = f"against {override}" if override else "each against its own baseline"
+    out = [f"## Models on synthetic input, {against} (scnet-bench model)", ""]
+    header = ["model", "baseline", "mode", "eager/compiled", "img/s", "baseline img/s", "ratio", "peak GiB"]
+    header += ["baseline peak GiB", "saved MiB/img", "baseline saved MiB/img"]
+    out += _table(header, rows, right_from=4)
+    out += [
+        "",
+        "ratio = img/s / baseline img/s (> 1: faster than the baseline; — when too few steps were timed for a "
+        "stable median, as in a dry run). MODEL:layerwise runs the plain layers, MODEL:lean the lean kernels "
+        "without the Triton ones, MODEL alone the shipped kernels. Peak GiB: the CUDA allocator's peak "
+        "(— on CPU). Saved MiB/img: what a training forward keeps for backward, per image (compiled rows of "
+        "train: the compiled graph's; the other rows: the eager model's).",
+        "",
+    ]
+    for name in kernels:
+        out += _kernel_section(run, name)
+    return out, results
+
+
+def _kernel_section(run: Path, step: str) -> list[str]:
+    """A step's kernel table (json/STEP.kernels.md), its headings one level down under this report's."""
+    path = Path("json") / f"{step}.kernels.md"
+    text = (run / path).read_text().strip().splitlines()
+    lines = ["#" + line if line.startswith("#") else line for line in text]
+    return lines[:1] + ["", f"Step {step}, [{path}]({path}):"] + lines[1:] + [""]
+
+
 def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("met" if ok else "**not met**")
 
@@ -399,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("env", help="check that the run can work here and write the machine's description")
     p.add_argument("--json", required=True)
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)
-    p.add_argument("--models", nargs="+", required=True, help="every model name the run uses (baseline included)")
+    p.add_argument("--models", nargs="+", required=True, help="every model the run compares with its baseline")
+    p.add_argument("--baseline", help="the one model all are compared with (default: each model's own)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="recorded in the report")
     p = sub.add_parser("render", help="print the Markdown report of a run folder and write RUN/report.md")
     p.add_argument("run", help="the run folder")

@@ -4,8 +4,14 @@ Both models are built once and their steps alternate A, B, A, B, so drift in the
 thermal state, clocks) hits both equally. Besides speed, for each model: the bytes of activations a training
 forward saves for backward (any device), and on CUDA the peak memory of one step.
 
-A name may end in ``:layerwise``: the SC model run layer by layer (``set_fused(False)``, the paper's figure
-as drawn), so the shipped block and the plain one are compared in one process.
+An SC model's name may end in a suffix that picks its training kernels (:data:`SUFFIXES`): ``:layerwise``, the
+plain layers (``set_fused(False)``, the paper's figure as drawn, close to the release's code); ``:lean``, the
+lean kernels without the Triton ones (``set_fused(True, triton=False)``). A plain name is the shipped model (on
+CUDA, the Triton kernels). So each kernel can be measured against the code it replaces, in one process.
+
+On CUDA, cuDNN autotunes its convolutions (``cudnn.benchmark``), as in a training run. With a kernel table
+asked for, a few more steps of each model run under ``torch.profiler`` after the timed ones
+(:mod:`scnet.bench.profile`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -25,10 +32,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import scnet
+from scnet.bench.profile import KernelProfile, markdown_table, profile_kernels
 from scnet.models import BASELINES
+from scnet.runtime.files import write_bytes_atomic
 from scnet.runtime.precision import AMP_DTYPES, autocast
+from scnet.runtime.seeding import use_autotuned_kernels
 
-LAYERWISE = ":layerwise"
+LAYERWISE, LEAN = ":layerwise", ":lean"
+# What a suffix does to an SC model (a plain name: nothing, the shipped kernels).
+SUFFIXES: dict[str, Callable[[Any], None]] = {
+    LAYERWISE: lambda m: m.set_fused(False),  # the plain layers, as drawn
+    LEAN: lambda m: m.set_fused(True, triton=False),  # layers/lean.py's kernels, not the Triton ones
+}
 # The fewest timed steps per side whose median a ratio may be given from: the median of 3 or 4 steps is one or
 # two of them, and a single slow step (a page fault, another process, a late kernel choice) moves it by 10x.
 MIN_STEPS_FOR_RATIO = 5
@@ -98,19 +113,42 @@ def saved_activation_bytes(
     return sum(counted.values())
 
 
-def _split_name(name: str) -> tuple[str, bool]:
-    """``"scnet50:layerwise"`` -> ``("scnet50", True)``, after checking that the name can be built."""
+def split_name(name: str) -> tuple[str, str]:
+    """``"scnet50:lean"`` -> ``("scnet50", ":lean")``, ``"scnet50"`` -> ``("scnet50", "")``, after checking
+    that the name can be built; ValueError (one line) otherwise."""
     base, sep, suffix = name.partition(":")
-    if sep and sep + suffix != LAYERWISE:
-        raise ValueError(f"{name!r}: unknown suffix ':{suffix}' (the one suffix is '{LAYERWISE}')")
+    suffix = sep + suffix
+    if suffix and suffix not in SUFFIXES:
+        raise ValueError(f"{name!r}: unknown suffix {suffix!r} (known: {', '.join(map(repr, SUFFIXES))})")
     known = scnet.list_models()
     if base not in known:
         close = difflib.get_close_matches(base, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(known)}"
         raise ValueError(f"unknown model {base!r}{hint}")
-    if sep and base not in BASELINES:
-        raise ValueError(f"{name!r}: '{LAYERWISE}' applies to SC models only")
-    return base, bool(sep)
+    if suffix and base not in BASELINES:
+        raise ValueError(f"{name!r}: {suffix!r} applies to SC models only")
+    return base, suffix
+
+
+def pick_baseline(model: str, vs: str | None = None) -> str:
+    """The model ``model`` is compared with: ``vs`` when given, else the SC model's baseline in
+    ``scnet.models.BASELINES`` (``scnet50:lean`` -> ``resnet50``); both names checked (ValueError)."""
+    base, _ = split_name(model)
+    if vs is None:
+        if base not in BASELINES:
+            raise ValueError(f"{model!r} has no default baseline (not an SC model); name one with --vs")
+        vs = BASELINES[base]
+    split_name(vs)
+    return vs
+
+
+def build_model(name: str) -> nn.Module:
+    """The model ``name`` stands for: :func:`scnet.create_model` of its base name, its suffix applied."""
+    base, suffix = split_name(name)
+    model = scnet.create_model(base)
+    if suffix:
+        SUFFIXES[suffix](model)
+    return model
 
 
 @dataclass
@@ -123,6 +161,7 @@ class _Side:
     step: Callable[[], None]
     optimizer: torch.optim.Optimizer | None
     times: list[float] = field(default_factory=list)
+    kernels: KernelProfile | None = None  # when a kernel table was asked for
 
     def resident(self) -> list[torch.Tensor]:
         """What the model holds between steps: parameters, buffers and optimizer state (created lazily)."""
@@ -198,7 +237,16 @@ def _log_to_stderr(message: str) -> None:
 
 
 def _check_settings(
-    model: str, vs: str | None, amp: str, steps: int, warmup: int, batch_size: int, compile: bool, device: str | None
+    model: str,
+    vs: str | None,
+    amp: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    compile: bool,
+    device: str | None,
+    kernel_table: str | None,
+    kernel_steps: int,
 ) -> tuple[str, torch.device]:
     """The model to compare with (``model``'s baseline by default) and the device; ValueError for bad settings."""
     if amp not in AMP_DTYPES:
@@ -207,12 +255,10 @@ def _check_settings(
         raise ValueError("need steps >= 1, warmup >= 0 and batch size >= 1")
     if compile and warmup < 1:
         raise ValueError("compiling needs warmup >= 1: the first step of each model compiles it")
-    base_a, _ = _split_name(model)
-    if vs is None:
-        if base_a not in BASELINES:
-            raise ValueError(f"{model!r} has no default baseline (not an SC model); name one with --vs")
-        vs = BASELINES[base_a]
-    _split_name(vs)
+    if kernel_table is not None and (kernel_steps < 1 or not Path(kernel_table).resolve().parent.is_dir()):
+        # Said before anything is built, not after minutes of measuring.
+        raise ValueError(f"a kernel table needs kernel steps >= 1 and an existing folder for {kernel_table}")
+    vs = pick_baseline(model, vs)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA is not available on this machine")
@@ -233,10 +279,7 @@ def _build_side(
 ) -> _Side:
     """One side of the comparison: the model, what runs (compiled or not) and its step."""
     log(f"building {name} on {_device_name(dev)}")
-    base, layerwise = _split_name(name)
-    module = scnet.create_model(base).to(dev, memory_format=memory_format)
-    if layerwise:
-        module.set_fused(False)
+    module = build_model(name).to(dev, memory_format=memory_format)
     module.train(train)
     run = torch.compile(module, backend=compile_backend) if compile else module
     if train:
@@ -282,6 +325,40 @@ def _time_alternating(sides: list[_Side], steps: int, dev: torch.device) -> None
             side.step()
             _sync(dev)
             side.times.append(time.perf_counter() - start)
+
+
+def _warm_up(
+    sides: list[_Side], steps: int, dev: torch.device, compile_backend: str | None, log: Callable[[str], None]
+) -> None:
+    """``steps`` untimed steps of each side: the first steps allocate, tune kernels and (compiled) compile."""
+    for side in sides:
+        log(f"warming up {side.name}: {steps} steps" + (f", compiling ({compile_backend})" if compile_backend else ""))
+        _time_alternating([side], steps, dev)
+        side.times.clear()
+
+
+def _profile(sides: list[_Side], steps: int, dev: torch.device, log: Callable[[str], None]) -> None:
+    """``steps`` more steps of each side under the profiler, after the timed ones (so never timed)."""
+    for side in sides:
+        log(f"profiling {steps} step{'s' if steps != 1 else ''} of {side.name}")
+        side.kernels = profile_kernels(side.name, side.step, dev, steps)
+
+
+def _write_kernel_table(path: str, sides: list[_Side], result: dict[str, Any]) -> None:
+    """The Markdown table of both sides' kernels, titled with the settings they ran with."""
+    mode = "training" if result["mode"] == "train" else "inference"
+    layout = "channels_last" if result["channels_last"] else "NCHW"
+    how = f"compiled ({result['compile_backend']})" if result["compile"] else "eager"
+    plural = "s" if result["steps"] != 1 else ""
+    note = (
+        f"`scnet-bench model`: {result['device']}, batch {result['batch_size']}, {result['image_size']} px, "
+        f"amp {result['amp']}, {layout}, {how}, cudnn.benchmark {'on' if result['cudnn_benchmark'] else 'off'}; "
+        f"profiled after {result['warmup']} warm-up and {result['steps']} timed step{plural} of each, "
+        f"{result['date']}."
+    )
+    profiles = [side.kernels for side in sides if side.kernels is not None]
+    title = f"Kernels of one {mode} step: {result['model']} and {result['baseline']}"
+    write_bytes_atomic(Path(path), (markdown_table(profiles, title, note) + "\n").encode())
 
 
 def _ratio_withheld(steps: int) -> str | None:
@@ -332,6 +409,7 @@ def _result(
     ips = [settings["batch_size"] / s for s in seconds]
     per_image = [b / settings["batch_size"] for b in saved]
     withheld = _ratio_withheld(len(sides[0].times))
+    kernels = [side.kernels for side in sides]  # None or a profile: ``and`` gives None or its figure
     return {
         "model": sides[0].name,
         "baseline": sides[1].name,
@@ -354,6 +432,11 @@ def _result(
         "saved_bytes_measured": measured,
         "peak_memory_bytes": peaks[0],
         "baseline_peak_memory_bytes": peaks[1],
+        # From the kernel table's profiled steps (CUDA: kernels, CPU: ops); None without one.
+        "kernel_ms_per_step": kernels[0] and kernels[0].ms_per_step,
+        "baseline_kernel_ms_per_step": kernels[1] and kernels[1].ms_per_step,
+        "kernel_launches_per_step": kernels[0] and kernels[0].launches_per_step,
+        "baseline_kernel_launches_per_step": kernels[1] and kernels[1].launches_per_step,
         "device": _device_name(dev),
         **settings,
         "torch": torch.__version__,
@@ -377,13 +460,18 @@ def bench_model(
     steps: int = 10,
     warmup: int = 3,
     threads: int | None = None,
+    kernel_table: str | None = None,
+    kernel_steps: int = 3,
     log: Callable[[str], None] = _log_to_stderr,
 ) -> dict:
     """Step time of ``model`` against ``vs``, alternated step by step in this process, and their memory.
 
+    On CUDA, ``torch.backends.cudnn.benchmark`` is set first, as the trainer sets it (``cudnn_benchmark`` in
+    the result).
+
     Args:
-        model: a name :func:`scnet.create_model` accepts, optionally with the suffix ``:layerwise`` (an SC
-            model with ``set_fused(False)``).
+        model: a name :func:`scnet.create_model` accepts; an SC model's may end in ``:layerwise`` (the plain
+            layers, ``set_fused(False)``) or ``:lean`` (``set_fused(True, triton=False)``); see :data:`SUFFIXES`.
         vs: the model to compare with, same forms; default: ``model``'s baseline in ``scnet.models.BASELINES``.
         train: time training steps (forward under autocast, cross-entropy on random labels, backward, SGD with
             momentum 0.9 and weight decay 1e-4, ``zero_grad(set_to_none=True)``); False: inference forwards
@@ -395,6 +483,10 @@ def bench_model(
         steps: timed steps per model, after ``warmup`` untimed ones each (the warm-up's allocations, kernel
             choices and compilation are never timed). Fewer than ``MIN_STEPS_FOR_RATIO`` give speeds but no ratio.
         threads: ``torch.set_num_threads`` first, when given.
+        kernel_table: write a Markdown table of each model's longest kernels here
+            (:func:`scnet.bench.profile.markdown_table`),
+            from ``kernel_steps`` more steps of each after the timed ones, under ``torch.profiler`` (CUDA: kernels
+            by self device time; CPU: ops by self CPU time). Its folder must exist.
         log: progress messages (default: stderr).
 
     Returns:
@@ -407,15 +499,17 @@ def bench_model(
         (``saved_bytes_measured``: ``"compiled"``), else on the eager one (``"eager"``); ``saved_ratio`` is
         ``model``'s over ``vs``'s (> 1: ``model`` saves more). ``peak_memory_bytes`` (CUDA only, else None):
         the peak of one extra step of that model alone above what was allocated before it, plus its
-        parameters, buffers and optimizer state.
+        parameters, buffers and optimizer state. With ``kernel_table``: ``kernel_ms_per_step`` (the step's kernel
+        time) and ``kernel_launches_per_step`` (and ``baseline_``'s), else None.
 
     Raises:
         ValueError: an unknown model name or suffix, no default baseline for ``model``, CUDA asked for but not
             available, or settings out of range.
     """
-    vs, dev = _check_settings(model, vs, amp, steps, warmup, batch_size, compile, device)
+    vs, dev = _check_settings(model, vs, amp, steps, warmup, batch_size, compile, device, kernel_table, kernel_steps)
     if threads is not None:
         torch.set_num_threads(threads)
+    cudnn_benchmark = use_autotuned_kernels(dev)
     amp_dtype = AMP_DTYPES[amp]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -424,10 +518,7 @@ def bench_model(
         _build_side(name, dev, memory_format, train, compile, compile_backend, x, y, amp_dtype, log)
         for name in (model, vs)
     ]
-    for side in sides:  # untimed: the first steps allocate, tune kernels and (compiled) compile
-        log(f"warming up {side.name}: {warmup} steps" + (f", compiling ({compile_backend})" if compile else ""))
-        _time_alternating([side], warmup, dev)
-        side.times.clear()
+    _warm_up(sides, warmup, dev, compile_backend if compile else None, log)
 
     # Saved activations of a training forward. When training compiled, the compiled module is what trains and
     # the hooks see what its graph saves; otherwise the eager module, so that an inference benchmark does not
@@ -440,24 +531,17 @@ def bench_model(
 
     log(f"timing {steps} steps of each, alternating {model} and {vs}")
     _time_alternating(sides, steps, dev)
+    if kernel_table is not None:
+        _profile(sides, kernel_steps, dev, log)
 
-    result = _result(
-        sides,
-        saved,
-        peaks,
-        measured,
-        dev,
-        settings={
-            "batch_size": batch_size,
-            "image_size": image_size,
-            "amp": amp,
-            "channels_last": channels_last,
-            "compile": compile,
-            "compile_backend": compile_backend if compile else None,
-            "steps": steps,
-            "warmup": warmup,
-        },
-        train=train,
-    )
+    # The settings as the result records them (key order: the JSON's).
+    settings = {"batch_size": batch_size, "image_size": image_size, "amp": amp, "channels_last": channels_last}
+    settings |= {"compile": compile, "compile_backend": compile_backend if compile else None, "steps": steps}
+    settings |= {"warmup": warmup, "cudnn_benchmark": cudnn_benchmark, "kernel_table": kernel_table}
+    settings["kernel_steps"] = kernel_steps if kernel_table is not None else None
+    result = _result(sides, saved, peaks, measured, dev, settings, train)
+    if kernel_table is not None:
+        _write_kernel_table(kernel_table, sides, result)
+        log(f"kernel table: {kernel_table}")
     log(_summary(result))
     return result

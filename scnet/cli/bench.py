@@ -40,6 +40,8 @@ def _model(args: argparse.Namespace) -> dict:
         steps=args.steps,
         warmup=args.warmup,
         threads=args.threads,
+        kernel_table=args.kernel_table,
+        kernel_steps=args.kernel_steps,
     )
 
 
@@ -62,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         help="a model's training (or inference) step against another's, alternated in one process",
         description="Median step time, images per second, activations saved for backward per image and (CUDA) "
-        "peak memory of --model and --vs, both built once and stepped alternately in one process.",
+        "peak memory of --model and --vs, both built once and stepped alternately in one process. On CUDA with "
+        "cudnn.benchmark on, as in training. --kernel-table adds a table of each model's longest kernels.",
     )
-    p.add_argument("--model", required=True, help="a zoo name; NAME:layerwise runs an SC model with set_fused(False)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a zoo name; an SC model's may end in :layerwise (the plain layers, set_fused(False)) or :lean (the "
+        "lean kernels without the Triton ones, set_fused(True, triton=False)); plain: the shipped kernels",
+    )
     p.add_argument("--vs", help="the model to compare with (default: the SC model's timm baseline)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="training steps (default)")
@@ -79,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="timed steps per model (a speed ratio needs at least 5)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model first")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument(
+        "--kernel-table",
+        metavar="FILE.md",
+        help="after the timed steps, profile --kernel-steps more of each model (torch.profiler: CUDA kernels, or "
+        "CPU ops) and write a Markdown table of the longest kernels per step here",
+    )
+    p.add_argument("--kernel-steps", type=int, default=3, help="profiled steps per model for --kernel-table")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(func=_model)
     return parser

@@ -1,5 +1,5 @@
-"""A repeatable run: every random source seeded, deterministic kernels on request, and one line for those
-that have none.
+"""A repeatable run: every random source seeded, deterministic kernels on request (else cuDNN's autotuned
+ones), and one line for those that have none.
 
 The random draws of a training process: weights init, drop-path and random erasing (torch's CPU/CUDA
 generators), random erasing's coin (Python's ``random``), mixup/cutmix (NumPy's global generator, as timm
@@ -41,6 +41,16 @@ def use_deterministic_kernels(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def use_autotuned_kernels(device: torch.device) -> bool:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+    (``cudnn.benchmark``): the trainer's choice unless ``train.deterministic``, and scnet-bench's, so that a
+    benchmark measures the kernels a training run gets. Returns whether it was set (False elsewhere)."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
 
 
 class KernelAlerts:

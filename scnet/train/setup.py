@@ -26,7 +26,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..models import create_model
 from ..models.options import model_options
 from ..runtime.distributed import DistInfo
-from ..runtime.seeding import seed_process, use_deterministic_kernels
+from ..runtime.seeding import seed_process, use_autotuned_kernels, use_deterministic_kernels
 from .errors import RunError
 from .state import TrainState
 
@@ -36,8 +36,8 @@ def seed(cfg: Config, info: DistInfo) -> None:
     seed_process(cfg.train.seed, info.rank)
     if cfg.train.deterministic:
         use_deterministic_kernels(info.device)
-    elif info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    else:
+        use_autotuned_kernels(info.device)
 
 
 @dataclass

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 from torch import nn
 
-import scnet
-from scnet.bench.model import bench_model, saved_activation_bytes
+from scnet.bench.model import bench_model, build_model, saved_activation_bytes
 from scnet.cli.bench import main as bench_main
 
 N, A, B, C = 3, 5, 7, 11  # batch, input, hidden and class counts: distinct, so a wrong term shows
@@ -159,6 +159,13 @@ KEYS = {
     "compile_backend",
     "steps",
     "warmup",
+    "cudnn_benchmark",
+    "kernel_table",
+    "kernel_steps",
+    "kernel_ms_per_step",
+    "baseline_kernel_ms_per_step",
+    "kernel_launches_per_step",
+    "baseline_kernel_launches_per_step",
     "torch",
     "date",
 }
@@ -182,15 +189,15 @@ def _bench(tmp_path, capsys, *args: str) -> dict:
     assert result["peak_memory_bytes"] is None and result["baseline_peak_memory_bytes"] is None  # CPU
     assert result["device"] == "cpu (1 thread)"
     assert (result["steps"], result["warmup"], result["batch_size"]) == (2, 1, 2)
+    assert result["cudnn_benchmark"] is False  # CUDA's setting: never on CPU
     return result
 
 
-def _saved_per_image(name: str, image_size: int, layerwise: bool = False, batch: int = 2) -> float:
-    """What one training forward of ``name`` saves for backward per image, counted here on a model built here,
-    at the command's batch size: the command must report it for the model, size and batch it was given."""
-    model = scnet.create_model(name).train()
-    if layerwise:
-        model.set_fused(False)
+def _saved_per_image(name: str, image_size: int, batch: int = 2) -> float:
+    """What one training forward of ``name`` (suffix included) saves for backward per image, counted here on a
+    model built here, at the command's batch size: the command must report it for the model, size and batch it
+    was given."""
+    model = build_model(name).train()
     x, y = torch.randn(batch, 3, image_size, image_size), torch.randint(0, 1000, (batch,))
     return saved_activation_bytes(model, x, y) / batch
 
@@ -214,7 +221,7 @@ def test_bench_model_infer_channels_last_layerwise(tmp_path, capsys):
     assert (result["model"], result["baseline"], result["mode"]) == ("scnet50:layerwise", "resnet50", "infer")
     assert result["channels_last"] is True
     # The suffix really runs the layers one by one: they keep more for backward than the lean block would.
-    layerwise = _saved_per_image("scnet50", 112, layerwise=True)
+    layerwise = _saved_per_image("scnet50:layerwise", 112)
     assert result["saved_bytes_per_image"] == layerwise > _saved_per_image("scnet50", 112)
 
 
@@ -263,16 +270,72 @@ def test_bench_model_unknown_name_is_one_line(capsys):
     ("model", "vs", "message"),
     [
         ("scnet50", "resnet5", "unknown model 'resnet5'"),
-        ("scnet50:fused", None, "unknown suffix"),
+        ("scnet50:fused", None, "unknown suffix ':fused' (known: ':layerwise', ':lean')"),
         ("scnet50", "resnet50:layerwise", "SC models only"),
+        ("resnet50:lean", None, "SC models only"),
         ("resnet50", None, "no default baseline"),
     ],
 )
 def test_bench_model_bad_names_fail_before_building(model, vs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         bench_model(model, vs, device="cpu", log=lambda _: pytest.fail("built something"))
 
 
 def test_bench_model_compile_needs_a_warmup_step():
     with pytest.raises(ValueError, match="warmup"):
         bench_model("scnet50", compile=True, warmup=0, device="cpu", log=lambda _: pytest.fail("built something"))
+
+
+def test_bench_model_kernel_table_needs_its_folder(tmp_path):
+    with pytest.raises(ValueError, match="existing folder"):
+        bench_model(
+            "scnet50", kernel_table=str(tmp_path / "no" / "k.md"), device="cpu", log=lambda _: pytest.fail("built")
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "fused", "triton"),
+    [("scnet50", True, True), ("scnet50:lean", True, False), ("scnet50:layerwise", False, True)],
+)
+def test_build_model_suffix_picks_the_kernels(name, fused, triton):
+    """A plain name is the shipped model (Triton kernels on CUDA); ``:lean`` is ``set_fused(True, triton=False)``
+    and ``:layerwise`` ``set_fused(False)``, on every SC block and SCConv."""
+    blocks = [m for m in build_model(name).modules() if hasattr(m, "fused")]
+    assert len(blocks) == 2 * 16  # scnet50: 16 blocks, each with its SCConv
+    assert {(m.fused, m.triton) for m in blocks} == {(fused, triton)}
+
+
+# What a kernel table's rows are: rank, `name`, calls/step, ms/step, % (and the "all other" row, rank empty).
+KERNEL_ROW = re.compile(r"\| (\d*) \| (.+?) \| ([\d,.]+) \| ([\d.]+) \| ([\d.]+) \|")
+
+
+@pytest.mark.slow
+def test_bench_model_kernel_table(tmp_path, capsys):
+    """--kernel-table: a table per side, longest op first, shares of the step that add up, a convolution among the
+    ops; the JSON names the file and carries each side's totals, which the table's head repeats."""
+    table = tmp_path / "bench.kernels.md"
+    args = ["--model", "scnet50:lean", "--image-size", "112", "--kernel-table", str(table), "--kernel-steps", "1"]
+    result = _bench(tmp_path, capsys, *args)
+    assert (result["model"], result["baseline"]) == ("scnet50:lean", "resnet50")
+    assert (result["kernel_table"], result["kernel_steps"]) == (str(table), 1)
+    # On CPU ``:lean`` is the shipped block (Triton is CUDA's); it keeps less for backward than the plain layers.
+    lean = _saved_per_image("scnet50:lean", 112)
+    assert result["saved_bytes_per_image"] == lean < _saved_per_image("scnet50:layerwise", 112)
+
+    text = table.read_text()
+    head, *sections = text.split("\n## ")
+    assert "1 profiled step of each model" in head and "cudnn.benchmark off" in head
+    for prefix in ("", "baseline_"):
+        ms, launches = result[f"{prefix}kernel_ms_per_step"], result[f"{prefix}kernel_launches_per_step"]
+        assert ms > 0 and launches >= 100
+    assert f"| op time, ms per step | {result['kernel_ms_per_step']:.2f} | " in head
+    assert [s.split(":")[0] for s in sections] == ["scnet50", "resnet50"]  # "scnet50:lean: the 25 longest ..."
+    for section in sections:
+        rows = KERNEL_ROW.findall(section)
+        ranked = [r for r in rows if r[0]]
+        assert [int(r[0]) for r in ranked] == list(range(1, 26))
+        ms = [float(r[3]) for r in ranked]
+        assert ms == sorted(ms, reverse=True)
+        shares = [float(r[4]) for r in rows]
+        assert all(0 <= s <= 100 for s in shares) and sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
+        assert any("convolution" in r[1] for r in ranked)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from scnet.cli.bench import main as bench_main
 
 from ..data.images import make_tree
@@ -29,3 +31,18 @@ def test_bench_data_missing_folder_is_one_line(tmp_path, capsys):
     assert bench_main(["data", "--data", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "nope" in err
+
+
+def test_bench_model_unknown_suffix_is_one_line_naming_both(capsys):
+    assert bench_main(["model", "--model", "scnet50:fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0
+    assert err.startswith("scnet-bench model: error: 'scnet50:fast': unknown suffix ':fast'")
+    assert "':layerwise', ':lean'" in err
+
+
+def test_bench_model_help_names_the_suffixes_and_the_kernel_table(capsys):
+    with pytest.raises(SystemExit):
+        bench_main(["model", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ":layerwise" in out and ":lean" in out and "--kernel-table FILE.md" in out and "--kernel-steps" in out

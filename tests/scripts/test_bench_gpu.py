@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from ..utils import REPO_ROOT
 SCRIPT = REPO_ROOT / "scripts" / "bench_gpu.sh"
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 MODEL_STEPS = [f"{mode}-{variant}-scnet50" for variant in ("eager", "compiled") for mode in ("train", "infer")]
+# The first model's lean kernels: a dry run's one row of its suffixes (in a step name, a suffix's ':' is '.').
+VARIANT_STEPS = ["train-eager-scnet50.lean"]
 
 
 def _run(*args: str, python: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -92,10 +95,12 @@ def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
     steps = _steps(out)
     assert steps["preflight"] == "ok"
     assert steps["loader"] == steps["train-run"] == "skipped: needs jpeg-gen"
-    assert {steps[name] for name in MODEL_STEPS + ["jpeg-gen"]} == {"skipped: time budget"}
+    assert {steps[name] for name in MODEL_STEPS + VARIANT_STEPS + ["jpeg-gen"]} == {"skipped: time budget"}
     report = (out / "report.md").read_text()
     assert report in result.stdout
-    assert "skipped: time budget" in _row(report, "scnet50", "train", "compiled")
+    # A row without a result still names its baseline (the preflight's pairing).
+    assert "skipped: time budget" in _row(report, "scnet50", "resnet50", "train", "compiled")
+    assert "skipped: time budget" in _row(report, "scnet50:lean", "resnet50", "train", "eager")
 
 
 @pytest.mark.slow
@@ -109,19 +114,51 @@ def test_only_runs_the_selected_steps(tmp_path):
     assert set(steps.values()) == {"skipped: not in --only"}
     assert sorted(p.name for p in (out / "json").iterdir()) == ["infer-eager-scnet50.json"]
     # img/s of both; no ratio from 1 timed step
-    _numbers(_row((out / "report.md").read_text(), "scnet50", "infer", "eager"), 3, 2)
+    _numbers(_row((out / "report.md").read_text(), "scnet50", "resnet50", "infer", "eager"), 4, 2)
+
+
+def _report_module():
+    """scripts/bench_gpu_report.py, imported (it is a script, not a module of the package)."""
+    spec = importlib.util.spec_from_file_location("bench_gpu_report", REPO_ROOT / "scripts" / "bench_gpu_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preflight_pairs_each_model_with_its_baseline():
+    """What the report's rows without a result show, and the preflight's refusals, before anything runs."""
+    pair = _report_module().pair_baselines
+    assert pair(["scnet50", "scnet50:lean", "sc_resnext50_32x4d"], None) == {
+        "scnet50": "resnet50",
+        "scnet50:lean": "resnet50",
+        "sc_resnext50_32x4d": "resnext50_32x4d",
+    }
+    assert pair(["scnet50_v1d", "scnet50:layerwise"], "resnet50") == {
+        "scnet50_v1d": "resnet50",
+        "scnet50:layerwise": "resnet50",
+    }
+    with pytest.raises(ValueError, match="'resnet50' has no default baseline"):
+        pair(["scnet50", "resnet50"], None)  # a baseline among --models needs --baseline
+    with pytest.raises(ValueError, match="unknown suffix ':fast'"):
+        pair(["scnet50:fast"], None)
 
 
 def _write_gpu_run(run: Path) -> None:
-    """A run folder as a GPU run leaves it (figures made up): one model, a failed step, a skipped one."""
+    """A run folder as a GPU run leaves it (figures made up): two models, each against its own baseline, the
+    first one's lean and plain-layer rows, its kernel table, a failed step, a skipped one."""
     (run / "json").mkdir(parents=True)
     env = {"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "torch": "2.9.0", "cpu_cores": 16}
-    env["settings"] = {"dry_run": "0", "baseline": "resnet50", "batch_size": "256", "train_model": "scnet50"}
+    env["settings"] = {"dry_run": "0", "baseline": "", "batch_size": "256", "train_model": "scnet50"}
     env["settings"]["train_steps"] = "300"
+    env["baselines"] = {"scnet50": "resnet50", "scnet50:layerwise": "resnet50", "scnet50:lean": "resnet50"}
+    env["baselines"]["sc_resnext50_32x4d"] = "resnext50_32x4d"
     (run / "env.json").write_text(json.dumps(env))
     steps = [
         ("preflight", "ok", 3),
         ("train-eager-scnet50", "ok", 20),
+        ("train-eager-sc_resnext50_32x4d", "ok", 20),
+        ("train-eager-scnet50.layerwise", "failed (exit 1)", 9),
+        ("train-eager-scnet50.lean", "ok", 20),
         ("jpeg-gen", "ok", 30),
         ("loader", "failed (exit 1)", 5),
         ("train-run", "ok", 50),
@@ -130,12 +167,20 @@ def _write_gpu_run(run: Path) -> None:
     ]
     (run / "steps.tsv").write_text("".join(f"{n}\t{st}\t{sec}\n" for n, st, sec in steps))
     gib, mib = 1024**3, 1024**2
-    for variant, ips, ratio in (("eager", 3000.0, 0.95), ("compiled", 3600.0, 0.97)):
-        result = {"model": "scnet50", "baseline": "resnet50", "mode": "train", "images_per_second": ips}
+    rows = [
+        ("train-eager-scnet50", "scnet50", "resnet50", 3000.0, 0.95),
+        ("train-compiled-scnet50", "scnet50", "resnet50", 3600.0, 0.97),
+        ("train-eager-sc_resnext50_32x4d", "sc_resnext50_32x4d", "resnext50_32x4d", 2400.0, 0.8),
+        ("train-eager-scnet50.lean", "scnet50:lean", "resnet50", 2850.0, 0.9),
+    ]
+    for step, model, baseline, ips, ratio in rows:
+        result = {"model": model, "baseline": baseline, "mode": "train", "images_per_second": ips}
         result.update(baseline_images_per_second=ips / ratio, ratio=ratio, peak_memory_bytes=30.5 * gib)
         result.update(baseline_peak_memory_bytes=25 * gib, saved_bytes_per_image=90 * mib)
         result.update(baseline_saved_bytes_per_image=80 * mib)
-        (run / "json" / f"train-{variant}-scnet50.json").write_text(json.dumps(result))
+        (run / "json" / f"{step}.json").write_text(json.dumps(result))
+    table = "# Kernels of one training step: scnet50 and resnet50\n\nnote\n\n## scnet50: the 1 longest of 1 kernels\n"
+    (run / "json" / "train-eager-scnet50.kernels.md").write_text(table + "\n| # | kernel |\n|---:|---|\n| 1 | `k` |\n")
     gen = {"files": 77300, "size": "500x375", "quality": 90, "mean_kb": 101.2, "workers": 16}
     (run / "json" / "jpeg-gen.json").write_text(json.dumps({**gen, "images_per_second": 2500.0}))
     (run / "train-run").mkdir()
@@ -143,7 +188,8 @@ def _write_gpu_run(run: Path) -> None:
 
 
 def test_report_of_a_gpu_run(tmp_path):
-    """The report's GPU-only parts: peak memory in GiB, the goals judged, failed and skipped rows kept."""
+    """The report's GPU-only parts: each model beside its own baseline, peak memory in GiB, the kernel table
+    included, the goals judged, failed and skipped rows kept."""
     run = tmp_path / "run"
     _write_gpu_run(run)
     script = REPO_ROOT / "scripts" / "bench_gpu_report.py"
@@ -151,10 +197,20 @@ def test_report_of_a_gpu_run(tmp_path):
     assert result.returncode == 0, result.stderr
     report = (run / "report.md").read_text()
     assert report == result.stdout and "DRY RUN" not in report and "NVIDIA H100 80GB HBM3" in report
-    row = _row(report, "scnet50", "train", "compiled")
-    assert row == "| scnet50 | train | compiled | 3,600 | 3,711 | 0.97 | 30.5 | 25.0 | 90.0 | 80.0 |"
-    assert "skipped: time budget" in _row(report, "scnet50", "infer", "eager")
+    assert "## Models on synthetic input, each against its own baseline" in report
+    assert "amp ?, channels_last, cudnn.benchmark, warm-up" in report  # scnet-bench's setting on CUDA
+    row = _row(report, "scnet50", "resnet50", "train", "compiled")
+    assert row == "| scnet50 | resnet50 | train | compiled | 3,600 | 3,711 | 0.97 | 30.5 | 25.0 | 90.0 | 80.0 |"
+    _numbers(_row(report, "sc_resnext50_32x4d", "resnext50_32x4d", "train", "eager"), 4, 7)
+    _numbers(_row(report, "scnet50:lean", "resnet50", "train", "eager"), 4, 7)
+    layerwise = _row(report, "scnet50:layerwise", "resnet50", "train", "eager")
+    assert "failed (exit 1) (logs/train-eager-scnet50.layerwise.log)" in layerwise
+    assert "skipped: time budget" in _row(report, "scnet50", "resnet50", "infer", "eager")
     assert "failed (exit 1) (logs/loader.log)" in _row(report, "loader (scnet-bench data)")
+    # The kernel table, its headings one level down, with a link to its file.
+    assert "\n## Kernels of one training step: scnet50 and resnet50\n" in report
+    assert "\n### scnet50: the 1 longest of 1 kernels\n" in report and "| 1 | `k` |" in report
+    assert "[json/train-eager-scnet50.kernels.md](json/train-eager-scnet50.kernels.md)" in report
     # No TensorBoard events here: the column after the first log is empty, the rest is read.
     assert _row(report, "scnet50", "300") == "| scnet50 | 300 | 2,850 | — | 3.1% | 3,000 | 0.95 |"
     assert "- scnet50 training >= 3,500 img/s (eager 3,000, compiled 3,600): met" in report
@@ -166,13 +222,14 @@ def test_report_of_a_gpu_run(tmp_path):
 @pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path):
     """Every measurement path on CPU at tiny sizes, through the installed console scripts: a row with numbers
-    for each, the raw JSON of each, and the JPEGs and checkpoints removed at the end."""
+    for each (the first model's lean and plain-layer rows too, against its own baseline), the raw JSON of each,
+    the kernel table in the report, and the JPEGs and checkpoints removed at the end."""
     out = tmp_path / "out"
     result = _run("--dry-run", "--out", str(out), python=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "commands: scnet-bench / scnet-train" in result.stdout
     steps = _steps(out)
-    assert list(steps) == ["preflight", "train-eager-scnet50", "jpeg-gen", "loader", "train-run"] + [
+    assert list(steps) == ["preflight", "train-eager-scnet50", *VARIANT_STEPS, "jpeg-gen", "loader", "train-run"] + [
         "train-compiled-scnet50",
         "infer-eager-scnet50",
         "infer-compiled-scnet50",
@@ -183,22 +240,30 @@ def test_dry_run_end_to_end(tmp_path):
     assert report in result.stdout and "DRY RUN" in report
     env = json.loads((out / "env.json").read_text())
     assert env["device"] == "cpu" and env["torch"] in report
-    for name in MODEL_STEPS:
+    for name in MODEL_STEPS + VARIANT_STEPS:
         mode, variant, model = name.split("-")
+        model = model.replace(".", ":")  # scnet50.lean is the step of scnet50:lean
         raw = json.loads((out / "json" / f"{name}.json").read_text())
         assert (raw["model"], raw["baseline"], raw["mode"], raw["compile"]) == (
             model,
-            "resnet50",
+            "resnet50",  # scnet-bench's default for scnet50 (no --baseline given)
             mode,
             variant == "compiled",
         )
-        assert raw["batch_size"] == 2 and raw["amp"] == "bf16"
-        row = _row(report, model, mode, variant)
-        _numbers(row, 3, 2)  # img/s, baseline img/s
+        assert raw["batch_size"] == 2 and raw["amp"] == "bf16" and raw["cudnn_benchmark"] is False
+        row = _row(report, model, "resnet50", mode, variant)
+        _numbers(row, 4, 2)  # img/s, baseline img/s
         # One timed step: too few for a ratio, which the raw JSON says and the report leaves empty.
         assert raw["ratio"] is None and "too few" in raw["ratio_withheld"]
-        assert row.split("|")[6].strip() == "—", row
-        _numbers(row, 8, 2)  # saved MiB/img of both (peak memory is CUDA's: "—" here)
+        assert row.split("|")[7].strip() == "—", row
+        _numbers(row, 9, 2)  # saved MiB/img of both (peak memory is CUDA's: "—" here)
+    # The kernel table of the first model's eager training step: written beside its JSON, in the report.
+    raw = json.loads((out / "json" / "train-eager-scnet50.json").read_text())
+    kernels = out / "json" / "train-eager-scnet50.kernels.md"
+    assert raw["kernel_table"] == str(kernels) and raw["kernel_steps"] == 1 and raw["kernel_ms_per_step"] > 0
+    assert "## Kernels of one training step: scnet50 and resnet50" in report
+    assert "### scnet50: the 25 longest of" in report and "### resnet50: the 25 longest of" in report
+    assert kernels.read_text().splitlines()[2] in report
     gen = json.loads((out / "json" / "jpeg-gen.json").read_text())
     assert gen["files"] == 6 and gen["size"] == "500x375"
     loader = json.loads((out / "json" / "loader.json").read_text())
