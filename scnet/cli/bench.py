@@ -45,6 +45,28 @@ def _model(args: argparse.Namespace) -> dict:
     )
 
 
+def _kernels(args: argparse.Namespace) -> dict:
+    from scnet.bench.kernels import check_parity, time_grouped_convs
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = check_parity(
+        args.model,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        amp=args.amp,
+        channels_last=not args.nchw,
+        device=args.device,
+    )
+    if args.conv_batch_size > 0:
+        result["grouped_convs"] = time_grouped_convs(
+            batch_size=args.conv_batch_size, image_size=args.conv_image_size, amp=args.amp, device=args.device
+        )
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-bench`` argument parser."""
     parser = argparse.ArgumentParser(prog="scnet-bench", description=__doc__)
@@ -96,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel-steps", type=int, default=3, help="profiled steps per model for --kernel-table")
     p.add_argument("--json", help="also write the result here")
     p.set_defaults(func=_model)
+
+    p = sub.add_parser(
+        "kernels",
+        help="the shipped training kernels against the plain layers and the exact step, on this device",
+        description="One training step of --model by its shipped kernels (on CUDA the fused Triton ones), by the "
+        "lean kernels and by the plain layers under --amp, each against the plain layers' float64 step (relative "
+        "L2 error of the logits and of the parameter gradients), whether the shipped step repeats bit for bit, and "
+        "SC-ResNeXt's grouped 3x3s timed as two convolutions and as one of twice the groups.",
+    )
+    p.add_argument("--model", default="scnet50", help="an SC zoo name (default: scnet50)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
+    p.add_argument("--nchw", action="store_true", help="NCHW input and model (default: channels_last)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument(
+        "--conv-batch-size", type=int, default=256, help="batch of the grouped-convolution timing (0: skip it)"
+    )
+    p.add_argument("--conv-image-size", type=int, default=224)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--json", help="also write the result here")
+    p.set_defaults(func=_kernels)
     return parser
 
 
