@@ -75,8 +75,8 @@ def _build(model_name: str, device: torch.device, memory_format: torch.memory_fo
 def check_parity(
     model: str = "scnet50",
     *,
-    batch_size: int = 8,
-    image_size: int = 128,
+    batch_size: int = 16,
+    image_size: int = 224,
     amp: str = "bf16",
     channels_last: bool = True,
     device: str | None = None,

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="scnet50", help="an SC zoo name (default: scnet50)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=160)
+    # 224 px: the map sizes (and so the compiled Triton kernels) of the training benchmark's steps.
+    p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
     p.add_argument("--nchw", action="store_true", help="NCHW input and model (default: channels_last)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 # Elements per tile: enough work per program to hide memory latency, few enough registers for any width.
 TILE_ELEMENTS = 4096
@@ -302,6 +304,9 @@ _TL_DTYPES = {
 }
 
 
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+
+
 def acc_dtype(t: torch.Tensor) -> tl.constexpr:
     """The dtype kernels compute in for ``t``: float64 for float64 maps, float32 for everything else."""
     return tl.float64 if t.dtype == torch.float64 else tl.float32
@@ -314,9 +319,11 @@ def tl_dtype(dtype: torch.dtype) -> tl.constexpr:
 
 def launches(*tensors: torch.Tensor) -> bool:
     """False when a kernel must not run: fake or meta tensors (shape propagation under ``torch.compile``)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return not any(is_fake(t) or t.device.type == "meta" for t in tensors)
+    for t in tensors:
+        # Plain tensors and parameters first: this runs before every launch of an eager step.
+        if type(t) not in _PLAIN_TENSORS and is_fake(t) or t.is_meta:
+            return False
+    return True
 
 
 def tile_shape(channels: int) -> tuple[int, int]:
