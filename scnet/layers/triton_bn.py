@@ -350,37 +350,38 @@ def batch_stats(
 
     With running buffers given, they are updated in place as ``nn.BatchNorm2d`` does in training."""
     P, C, HW, W = _geometry(y)
+    mean = y.new_empty((C,), dtype=stats_dtype)
+    invstd = y.new_empty((C,), dtype=stats_dtype)
+    if not launches(y):  # fake tensors (torch.compile): the outputs' shapes are all it needs
+        return mean, invstd
     block_p, block_c = tile_shape(C)
     tiles = triton.cdiv(P, block_p)
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
     mean_part = y.new_empty((tiles, C), dtype=acc)
     m2_part = y.new_empty((tiles, C), dtype=acc)
-    mean = y.new_empty((C,), dtype=stats_dtype)
-    invstd = y.new_empty((C,), dtype=stats_dtype)
+    _stats_partial_kernel[(tiles, triton.cdiv(C, block_c))](
+        y, mean_part, m2_part, P, C, HW, W, *y.stride(), BLOCK_P=block_p, BLOCK_C=block_c, ACC=acc_dtype(y)
+    )
     update = running_mean is not None and running_var is not None
-    if launches(y):
-        _stats_partial_kernel[(tiles, triton.cdiv(C, block_c))](
-            y, mean_part, m2_part, P, C, HW, W, *y.stride(), BLOCK_P=block_p, BLOCK_C=block_c, ACC=acc_dtype(y)
-        )
-        finalize_c = min(triton.next_power_of_2(C), 32)
-        _stats_finalize_kernel[(triton.cdiv(C, finalize_c),)](
-            mean_part,
-            m2_part,
-            mean,
-            invstd,
-            running_mean if update else mean,
-            running_var if update else invstd,
-            tiles,
-            P,
-            C,
-            float(momentum),
-            float(eps),
-            TILE_P=block_p,
-            UPDATE=update,
-            BLOCK_T=128,
-            BLOCK_C=finalize_c,
-            ACC=acc_dtype(y),
-        )
+    finalize_c = min(triton.next_power_of_2(C), 32)
+    _stats_finalize_kernel[(triton.cdiv(C, finalize_c),)](
+        mean_part,
+        m2_part,
+        mean,
+        invstd,
+        running_mean if update else mean,
+        running_var if update else invstd,
+        tiles,
+        P,
+        C,
+        float(momentum),
+        float(eps),
+        TILE_P=block_p,
+        UPDATE=update,
+        BLOCK_T=128,
+        BLOCK_C=finalize_c,
+        ACC=acc_dtype(y),
+    )
     return mean, invstd
 
 
@@ -395,27 +396,28 @@ def bn_apply(
 ) -> torch.Tensor:
     """``out[...] = relu(bn(y))`` (or ``bn(y)``) for the given batch statistics; ``out`` has ``y``'s shape and may
     be a strided view (a channel slice of a concatenation). Returns ``out``."""
+    if not launches(y, out):
+        return out
     P, C, HW, W = _geometry(y)
     block_p, block_c = tile_shape(C)
-    if launches(y, out):
-        _apply_kernel[(triton.cdiv(P, block_p), triton.cdiv(C, block_c))](
-            y,
-            out,
-            mean,
-            invstd,
-            weight,
-            bias,
-            P,
-            C,
-            HW,
-            W,
-            *y.stride(),
-            *out.stride(),
-            RELU=relu,
-            BLOCK_P=block_p,
-            BLOCK_C=block_c,
-            ACC=acc_dtype(y),
-        )
+    _apply_kernel[(triton.cdiv(P, block_p), triton.cdiv(C, block_c))](
+        y,
+        out,
+        mean,
+        invstd,
+        weight,
+        bias,
+        P,
+        C,
+        HW,
+        W,
+        *y.stride(),
+        *out.stride(),
+        RELU=relu,
+        BLOCK_P=block_p,
+        BLOCK_C=block_c,
+        ACC=acc_dtype(y),
+    )
     return out
 
 
@@ -436,37 +438,37 @@ def bn_backward(
     ``grad`` (``y``'s shape, any strides) is the gradient at the ReLU's output; ``out_dtype`` is the dtype forward
     rounded BN's output to (the ReLU mask is taken from that rounded value, as autograd's is)."""
     P, C, HW, W = _geometry(y)
+    if not launches(grad, y, out):
+        return y.new_empty((C,), dtype=weight.dtype), y.new_empty((C,), dtype=bias.dtype)
     block_p, block_c = tile_shape(C)
     tiles = triton.cdiv(P, block_p)
     acc = torch.float64 if y.dtype == torch.float64 else torch.float32
     sums = y.new_empty((2, tiles, C), dtype=acc)
     grid = (tiles, triton.cdiv(C, block_c))
     common = dict(RELU=relu, OUT_DTYPE=tl_dtype(out_dtype), BLOCK_P=block_p, BLOCK_C=block_c, ACC=acc_dtype(y))
-    if launches(grad, y):
-        _backward_reduce_kernel[grid](
-            grad, y, mean, invstd, weight, bias, sums[0], sums[1], P, C, HW, W, *grad.stride(), *y.stride(), **common
-        )
+    _backward_reduce_kernel[grid](
+        grad, y, mean, invstd, weight, bias, sums[0], sums[1], P, C, HW, W, *grad.stride(), *y.stride(), **common
+    )
     # torch.sum reduces the tiles' rows in a fixed order: deterministic, unlike atomics.
     total = sums.sum(dim=1)
-    if launches(grad, y, out):
-        _backward_apply_kernel[grid](
-            grad,
-            y,
-            out,
-            mean,
-            invstd,
-            weight,
-            bias,
-            total[0],
-            total[1],
-            P,
-            C,
-            HW,
-            W,
-            *grad.stride(),
-            *y.stride(),
-            *out.stride(),
-            **common,
-        )
+    _backward_apply_kernel[grid](
+        grad,
+        y,
+        out,
+        mean,
+        invstd,
+        weight,
+        bias,
+        total[0],
+        total[1],
+        P,
+        C,
+        HW,
+        W,
+        *grad.stride(),
+        *y.stride(),
+        *out.stride(),
+        **common,
+    )
     # Copies: views of one tensor would alias each other as a custom op's outputs.
     return total[1].to(weight.dtype, copy=True), total[0].to(bias.dtype, copy=True)

@@ -342,21 +342,22 @@ def calibration_forward(
 ) -> torch.Tensor:
     """``out[...] = bn(y3) * sigmoid(x + up(ctx))``; ``bn`` is (batch mean, inverse std, weight, bias) of a
     training-mode BN; ``x``, ``y3`` and ``out`` are N x C x H x W maps with any strides, ``ctx`` N x C x h x w."""
+    if not launches(x, y3, ctx, out):  # fake tensors (torch.compile): shapes only
+        return out
     plan = _plan(x, ctx, pooling_r)
-    if launches(x, y3, ctx, out):
-        _calibration_forward_kernel[plan["grid"]](
-            x,
-            y3,
-            ctx,
-            out,
-            *bn,
-            *plan["geometry"],
-            *x.stride(),
-            *y3.stride(),
-            *ctx.stride(),
-            *out.stride(),
-            **plan["constants"],
-        )
+    _calibration_forward_kernel[plan["grid"]](
+        x,
+        y3,
+        ctx,
+        out,
+        *bn,
+        *plan["geometry"],
+        *x.stride(),
+        *y3.stride(),
+        *ctx.stride(),
+        *out.stride(),
+        **plan["constants"],
+    )
     return out
 
 
@@ -370,28 +371,30 @@ def calibration_sums(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward's first pass: the gradient for ``ctx`` (``ctx``'s dtype and strides) and ``bn``'s per-channel sums
     ``(sum(g), sum(g * xhat))`` of the gradient ``g`` at its output (fixed-order sums over the windows)."""
-    plan = _plan(x, ctx, pooling_r)
     C = x.shape[1]
-    grad_ctx = torch.empty_like(ctx)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    grad_ctx = torch.empty_like(ctx)
+    if not launches(grad, x, y3, ctx):
+        return grad_ctx, x.new_empty((C,), dtype=acc), x.new_empty((C,), dtype=acc)
+    plan = _plan(x, ctx, pooling_r)
     sums = x.new_empty((2, plan["grid"][0], C), dtype=acc)
-    if launches(grad, x, y3, ctx):
-        _calibration_sums_kernel[plan["grid"]](
-            grad,
-            x,
-            y3,
-            ctx,
-            grad_ctx,
-            sums[0],
-            sums[1],
-            *bn,
-            *plan["geometry"],
-            *grad.stride(),
-            *x.stride(),
-            *y3.stride(),
-            *ctx.stride(),
-            **plan["constants"],
-        )
+    _calibration_sums_kernel[plan["grid"]](
+        grad,
+        x,
+        y3,
+        ctx,
+        grad_ctx,
+        sums[0],
+        sums[1],
+        *bn,
+        *plan["geometry"],
+        *grad.stride(),
+        *x.stride(),
+        *y3.stride(),
+        *ctx.stride(),
+        **plan["constants"],
+    )
+    # torch.sum over the windows' rows, in a fixed order; copies, so that the two do not alias (custom ops).
     sum_g, sum_gx = sums.sum(dim=1).unbind()
     return grad_ctx, sum_g.clone(), sum_gx.clone()
 
@@ -408,32 +411,33 @@ def calibration_grads(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward's second pass: the gradients for ``x`` (the calibration's own and the ``r x r`` average pool's,
     whose output gradient is ``pool_grad``, N x C x h x w) and for ``y3``, in their dtypes and layouts."""
-    plan = _plan(x, ctx, pooling_r)
     grad_x = torch.empty_like(x)
     grad_y3 = torch.empty_like(y3)
+    if not launches(grad, x, y3, ctx, pool_grad):
+        return grad_x, grad_y3
+    plan = _plan(x, ctx, pooling_r)
     count = x.shape[0] * x.shape[2] * x.shape[3]
-    if launches(grad, x, y3, ctx, pool_grad):
-        _calibration_grads_kernel[plan["grid"]](
-            grad,
-            x,
-            y3,
-            ctx,
-            pool_grad,
-            grad_x,
-            grad_y3,
-            *bn_sums,
-            *bn,
-            count,
-            *plan["geometry"],
-            pooling_r,
-            *grad.stride(),
-            *x.stride(),
-            *y3.stride(),
-            *ctx.stride(),
-            *pool_grad.stride(),
-            *grad_x.stride(),
-            *grad_y3.stride(),
-            ALIGNED=plan["aligned"],
-            **plan["constants"],
-        )
+    _calibration_grads_kernel[plan["grid"]](
+        grad,
+        x,
+        y3,
+        ctx,
+        pool_grad,
+        grad_x,
+        grad_y3,
+        *bn_sums,
+        *bn,
+        count,
+        *plan["geometry"],
+        pooling_r,
+        *grad.stride(),
+        *x.stride(),
+        *y3.stride(),
+        *ctx.stride(),
+        *pool_grad.stride(),
+        *grad_x.stride(),
+        *grad_y3.stride(),
+        ALIGNED=plan["aligned"],
+        **plan["constants"],
+    )
     return grad_x, grad_y3

@@ -237,17 +237,19 @@ def test_block_step_under_bf16_autocast():
 
 def test_compiled_block_keeps_the_triton_ops():
     """torch.compile(fullgraph=True) runs the custom ops (forward and backward as opaque nodes, fake
-    implementations for shapes): same numbers as the plain layers, running statistics copied back."""
+    implementations for shapes): same numbers as the plain layers, running statistics copied back; a second map
+    size recompiles with dynamic shapes, which the fake implementations follow."""
     fused, plain = _block_pair(CL, stride=1)
-    x = _maps(2, 16, 14, 14, count=1, layout=CL)[0]
     compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)
-    (out, grad_x, grads), (out_ref, grad_x_ref, grads_ref) = _step(compiled, x), _step(plain, x)
-    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-12, atol=1e-11)
-    for name, ref in grads_ref.items():
-        torch.testing.assert_close(grads["_orig_mod." + name], ref, rtol=1e-12, atol=1e-11, msg=name)
-    for (name, a), (_, b) in zip(fused.named_buffers(), plain.named_buffers(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    for size in (14, 18):
+        x = _maps(2, 16, size, size, count=1, layout=CL)[0]
+        (out, grad_x, grads), (out_ref, grad_x_ref, grads_ref) = _step(compiled, x), _step(plain, x)
+        torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-12, atol=1e-11)
+        for name, ref in grads_ref.items():  # accumulated over both steps, alike
+            torch.testing.assert_close(grads["_orig_mod." + name], ref, rtol=1e-12, atol=1e-11, msg=name)
+        for (name, a), (_, b) in zip(fused.named_buffers(), plain.named_buffers(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_self_calibrated_conv2d_through_the_triton_calibration():
