@@ -44,6 +44,20 @@ def _tile_offsets(pid_p, pid_c, P, C, HW, W, s_n, s_c, s_h, s_w, BLOCK_P: tl.con
 
 
 @triton.jit
+def channel_vector(ptr, c, cmask, ACC: tl.constexpr):
+    """One value per channel of the tile (a BN parameter or statistic), in the compute dtype."""
+    return tl.load(ptr + c, mask=cmask, other=0.0).to(ACC)
+
+
+@triton.jit
+def bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC: tl.constexpr):
+    """A BN's batch mean, inverse std, weight and bias for the tile's channels."""
+    mean = channel_vector(mean_ptr, c, cmask, ACC)
+    invstd = channel_vector(invstd_ptr, c, cmask, ACC)
+    return mean, invstd, channel_vector(weight_ptr, c, cmask, ACC), channel_vector(bias_ptr, c, cmask, ACC)
+
+
+@triton.jit
 def _affine(y, mean, invstd, weight, bias):
     """BN's output before rounding, ``(y - mean) * invstd * weight + bias`` as ``y * scale + shift``: the one
     formula every kernel uses, so that backward's ReLU mask is forward's."""
@@ -175,10 +189,7 @@ def _apply_kernel(
     y_offsets, mask, c = _tile_offsets(pid_p, pid_c, P, C, HW, W, ys_n, ys_c, ys_h, ys_w, BLOCK_P, BLOCK_C)
     out_offsets, _, _ = _tile_offsets(pid_p, pid_c, P, C, HW, W, os_n, os_c, os_h, os_w, BLOCK_P, BLOCK_C)
     cmask = c < C
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    weight = tl.load(weight_ptr + c, mask=cmask, other=0.0).to(ACC)
-    bias = tl.load(bias_ptr + c, mask=cmask, other=0.0).to(ACC)
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
     y = tl.load(y_ptr + y_offsets, mask=mask, other=0.0).to(ACC)
     out = _affine(y, mean, invstd, weight, bias)
     if RELU:
@@ -228,10 +239,7 @@ def _backward_reduce_kernel(
     g_offsets, mask, c = _tile_offsets(pid_p, pid_c, P, C, HW, W, gs_n, gs_c, gs_h, gs_w, BLOCK_P, BLOCK_C)
     y_offsets, _, _ = _tile_offsets(pid_p, pid_c, P, C, HW, W, ys_n, ys_c, ys_h, ys_w, BLOCK_P, BLOCK_C)
     cmask = c < C
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    weight = tl.load(weight_ptr + c, mask=cmask, other=0.0).to(ACC)
-    bias = tl.load(bias_ptr + c, mask=cmask, other=0.0).to(ACC)
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
     g = tl.load(g_ptr + g_offsets, mask=mask, other=0.0).to(ACC)
     y = tl.load(y_ptr + y_offsets, mask=mask, other=0.0).to(ACC)
     g = _masked_grad(g, y, mean, invstd, weight, bias, RELU, OUT_DTYPE)
@@ -280,12 +288,9 @@ def _backward_apply_kernel(
     y_offsets, _, _ = _tile_offsets(pid_p, pid_c, P, C, HW, W, ys_n, ys_c, ys_h, ys_w, BLOCK_P, BLOCK_C)
     out_offsets, _, _ = _tile_offsets(pid_p, pid_c, P, C, HW, W, os_n, os_c, os_h, os_w, BLOCK_P, BLOCK_C)
     cmask = c < C
-    mean = tl.load(mean_ptr + c, mask=cmask, other=0.0).to(ACC)
-    invstd = tl.load(invstd_ptr + c, mask=cmask, other=0.0).to(ACC)
-    weight = tl.load(weight_ptr + c, mask=cmask, other=0.0).to(ACC)
-    bias = tl.load(bias_ptr + c, mask=cmask, other=0.0).to(ACC)
-    mean_g = tl.load(sum_g_ptr + c, mask=cmask, other=0.0).to(ACC) / P
-    mean_gx = tl.load(sum_gx_ptr + c, mask=cmask, other=0.0).to(ACC) / P
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
+    mean_g = channel_vector(sum_g_ptr, c, cmask, ACC) / P
+    mean_gx = channel_vector(sum_gx_ptr, c, cmask, ACC) / P
     g = tl.load(g_ptr + g_offsets, mask=mask, other=0.0).to(ACC)
     y = tl.load(y_ptr + y_offsets, mask=mask, other=0.0).to(ACC)
     g = _masked_grad(g, y, mean, invstd, weight, bias, RELU, OUT_DTYPE)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_bn import acc_dtype, launches
+from .triton_bn import acc_dtype, bn_vectors, channel_vector, launches
 
 # Elements a program aims to handle (window pixels x channels).
 WINDOW_ELEMENTS = 2048
@@ -58,8 +58,10 @@ def _at(n, rows, cols, c, s_n, s_c, s_h, s_w):
 
 
 @triton.jit
-def _channel_vector(ptr, c, cmask, ACC: tl.constexpr):
-    return tl.load(ptr + c, mask=cmask, other=0.0).to(ACC)
+def _context(ctx_ptr, n, i, j, c, cmask, cs_n, cs_c, cs_h, cs_w, ACC: tl.constexpr):
+    """The window's context pixel (one value per channel) and its offsets, which the context's gradient shares."""
+    offsets = n.to(tl.int64) * cs_n + i.to(tl.int64) * cs_h + j.to(tl.int64) * cs_w + c.to(tl.int64) * cs_c
+    return tl.load(ctx_ptr + offsets, mask=cmask, other=0.0).to(ACC), offsets
 
 
 @triton.jit
@@ -116,14 +118,10 @@ def _calibration_forward_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = pmask[:, None] & cmask[None, :]
-    ctx_offsets = n.to(tl.int64) * cs_n + i.to(tl.int64) * cs_h + j.to(tl.int64) * cs_w + c.to(tl.int64) * cs_c
-    ctx = tl.load(ctx_ptr + ctx_offsets, mask=cmask, other=0.0).to(ACC)
+    ctx, ctx_offsets = _context(ctx_ptr, n, i, j, c, cmask, cs_n, cs_c, cs_h, cs_w, ACC)
     x = tl.load(x_ptr + _at(n, rows, cols, c, xs_n, xs_c, xs_h, xs_w), mask=mask, other=0.0).to(ACC)
     y3 = tl.load(y3_ptr + _at(n, rows, cols, c, ys_n, ys_c, ys_h, ys_w), mask=mask, other=0.0).to(ACC)
-    mean = _channel_vector(mean_ptr, c, cmask, ACC)
-    invstd = _channel_vector(invstd_ptr, c, cmask, ACC)
-    weight = _channel_vector(weight_ptr, c, cmask, ACC)
-    bias = _channel_vector(bias_ptr, c, cmask, ACC)
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
     _, k3x, gate = _gate_terms(x, y3, ctx, mean, invstd, weight, bias)
     out = k3x * gate
     tl.store(out_ptr + _at(n, rows, cols, c, os_n, os_c, os_h, os_w), out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -179,15 +177,11 @@ def _calibration_sums_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = pmask[:, None] & cmask[None, :]
-    ctx_offsets = n.to(tl.int64) * cs_n + i.to(tl.int64) * cs_h + j.to(tl.int64) * cs_w + c.to(tl.int64) * cs_c
-    ctx = tl.load(ctx_ptr + ctx_offsets, mask=cmask, other=0.0).to(ACC)
+    ctx, ctx_offsets = _context(ctx_ptr, n, i, j, c, cmask, cs_n, cs_c, cs_h, cs_w, ACC)
     g = tl.load(g_ptr + _at(n, rows, cols, c, gs_n, gs_c, gs_h, gs_w), mask=mask, other=0.0).to(ACC)
     x = tl.load(x_ptr + _at(n, rows, cols, c, xs_n, xs_c, xs_h, xs_w), mask=mask, other=0.0).to(ACC)
     y3 = tl.load(y3_ptr + _at(n, rows, cols, c, ys_n, ys_c, ys_h, ys_w), mask=mask, other=0.0).to(ACC)
-    mean = _channel_vector(mean_ptr, c, cmask, ACC)
-    invstd = _channel_vector(invstd_ptr, c, cmask, ACC)
-    weight = _channel_vector(weight_ptr, c, cmask, ACC)
-    bias = _channel_vector(bias_ptr, c, cmask, ACC)
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
     xhat, k3x, gate = _gate_terms(x, y3, ctx, mean, invstd, weight, bias)
     g_k3x = tl.where(mask, g * gate, 0.0)
     g_z = tl.where(mask, g * k3x * gate * (1.0 - gate), 0.0)
@@ -263,17 +257,13 @@ def _calibration_grads_kernel(
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mask = pmask[:, None] & cmask[None, :]
-    ctx_offsets = n.to(tl.int64) * cs_n + i.to(tl.int64) * cs_h + j.to(tl.int64) * cs_w + c.to(tl.int64) * cs_c
-    ctx = tl.load(ctx_ptr + ctx_offsets, mask=cmask, other=0.0).to(ACC)
+    ctx, ctx_offsets = _context(ctx_ptr, n, i, j, c, cmask, cs_n, cs_c, cs_h, cs_w, ACC)
     g = tl.load(g_ptr + _at(n, rows, cols, c, gs_n, gs_c, gs_h, gs_w), mask=mask, other=0.0).to(ACC)
     x = tl.load(x_ptr + _at(n, rows, cols, c, xs_n, xs_c, xs_h, xs_w), mask=mask, other=0.0).to(ACC)
     y3 = tl.load(y3_ptr + _at(n, rows, cols, c, ys_n, ys_c, ys_h, ys_w), mask=mask, other=0.0).to(ACC)
-    mean = _channel_vector(mean_ptr, c, cmask, ACC)
-    invstd = _channel_vector(invstd_ptr, c, cmask, ACC)
-    weight = _channel_vector(weight_ptr, c, cmask, ACC)
-    bias = _channel_vector(bias_ptr, c, cmask, ACC)
-    mean_g = _channel_vector(sum_g_ptr, c, cmask, ACC) / count
-    mean_gx = _channel_vector(sum_gx_ptr, c, cmask, ACC) / count
+    mean, invstd, weight, bias = bn_vectors(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, cmask, ACC)
+    mean_g = channel_vector(sum_g_ptr, c, cmask, ACC) / count
+    mean_gx = channel_vector(sum_gx_ptr, c, cmask, ACC) / count
     xhat, k3x, gate = _gate_terms(x, y3, ctx, mean, invstd, weight, bias)
     g_k3x = g * gate
     grad_y3 = (g_k3x - mean_g[None, :] - xhat * mean_gx[None, :]) * (invstd * weight)[None, :]
