@@ -3,27 +3,34 @@
 #
 # What it measures (bf16 autocast, channels_last, batch 256, 224 px, cudnn.benchmark on; each figure beside
 # its baseline from the same process):
-#   1. training img/s of scnet50, scnet50_v1d, scnet101 and sc_resnext50_32x4d, each against its own
+#   1. first, the kernel parity check (scnet-bench kernels, on the first model): one training step by the
+#      shipped kernels (on CUDA the fused Triton ones), by the lean kernels and by the plain layers under bf16
+#      autocast, each against the plain layers' float64 step (relative L2 errors of the logits and
+#      gradients), whether the shipped step repeats bit for bit, and SC-ResNeXt's grouped 3x3s timed as two
+#      convolutions against one of twice the groups (the command's default sizes: its step at batch 16, the
+#      grouped 3x3s at batch 256);
+#   2. training img/s of scnet50, scnet50_v1d, scnet101 and sc_resnext50_32x4d, each against its own
 #      baseline (resnet50, resnet50d, resnet101, resnext50_32x4d: scnet.models.BASELINES), on synthetic
 #      input, eager and torch.compile'd (scnet-bench model --train), with peak memory and the activations
 #      saved for backward per image; the same for the first model's plain layers (MODEL:layerwise) and its
 #      lean kernels without the Triton ones (MODEL:lean), against the same baseline, so that each kernel is
 #      shown against the code it replaces; and a per-kernel table of the first model's eager training step
 #      and its baseline's (torch.profiler; json/train-eager-MODEL.kernels.md, included in the report);
-#   2. inference img/s of the same models (scnet-bench model --infer), eager and compiled;
-#   3. loader img/s with all cores on generated ImageNet-sized JPEGs (500x375 / 375x500, quality 90,
+#   3. inference img/s of the same models (scnet-bench model --infer), eager and compiled;
+#   4. loader img/s with all cores on generated ImageNet-sized JPEGs (500x375 / 375x500, quality 90,
 #      ~100 kB each; python -m scnet.data.synthetic), ours against torchvision's ImageFolder + PIL
 #      (scnet-bench data);
-#   4. a 300-step scnet-train run of scnet50 (bf16, channels_last, workers = all cores) on those JPEGs:
-#      img/s and the share of time spent waiting for data, beside step 1's synthetic-input figure.
+#   5. a 300-step scnet-train run of scnet50 (bf16, channels_last, workers = all cores) on those JPEGs:
+#      img/s and the share of time spent waiting for data, beside step 2's synthetic-input figure.
 # It ends by printing the report (device, torch, date, one row per measurement, the goals of
 # BENCHMARKS.md) and writes it, every raw JSON and every step's log into the output folder.
 #
 # How long: about 8 minutes on one H100/H200 with 16 CPU cores, never more than ~9: --budget (default 480 s)
 # skips a step whose estimate no longer fits (the report says so) and stops a running step 60 s after it. On
 # an H200 (2026-12-04) the steps up to scnet50's compiled training took ~7.5 minutes with inductor's cache
-# cold (BENCHMARKS.md, "GPU run"); the rest (inference, the other compiled models) is then skipped: run it
-# next on the same machine with --only, where the cache is warm.
+# cold (BENCHMARKS.md, "GPU run"), before the kernel check (~1 minute: Triton compiles its kernels on first
+# use) came first; the rest (inference, the other compiled models) is then skipped: run it next on the same
+# machine with --only, where the cache is warm.
 #
 # How to run, on a GPU machine, from the repository root:
 #   pip install -e .
@@ -37,26 +44,28 @@
 #   --out DIR       output folder; must be missing or empty (default: bench-gpu-out/<UTC date-time>[-dry],
 #                   a new folder each run, so nothing is ever overwritten)
 #   --dry-run       CPU, batch 2, 112 px, 1 warm-up + 1 step (1 profiled), compile backend "eager", one model
-#                   (and its :lean row, eager only), a tiny JPEG set and a 2-step training run: the same
-#                   commands as the real run, fewer and smaller
+#                   (and its :lean row, eager only), the kernel check in float32 (grouped 3x3s at batch 2,
+#                   32 px), a tiny JPEG set and a 2-step training run: the same commands as the real run,
+#                   fewer and smaller
 #   --models LIST   SC models, comma- or space-separated (default: scnet50,scnet50_v1d,scnet101,
 #                   sc_resnext50_32x4d; dry run: scnet50); the first one is also the training run's model and
-#                   the one whose :layerwise and :lean rows and kernel table are measured
+#                   the one whose kernel check, :layerwise and :lean rows and kernel table are measured
 #   --baseline M    compare every model with M (default: each with its own baseline, scnet.models.BASELINES)
 #   --budget S      seconds for the whole run, 0 = no limit (default: 480; dry run: 900). The skip decisions
 #                   use an H100's step times, also in a dry run
 #   --only GLOBS    run only the steps whose names match one of these space-separated globs, e.g. after a
 #                   run that skipped some for time: --only 'train-compiled-* infer-compiled-*'. Step names:
-#                   {train,infer}-{eager,compiled}-MODEL (a suffix written with '.', not ':', so that file
-#                   names have no colon: train-eager-scnet50.lean), jpeg-gen, loader, train-run (the last two
-#                   need jpeg-gen); the preflight always runs
+#                   kernels, {train,infer}-{eager,compiled}-MODEL (a suffix written with '.', not ':', so
+#                   that file names have no colon: train-eager-scnet50.lean), jpeg-gen, loader, train-run (the
+#                   last two need jpeg-gen); the preflight always runs
 #   --data DIR      where the JPEGs go; must be missing or empty (default: OUT/jpeg). Put it outside OUT
 #                   when OUT is copied back from the GPU machine: the set is 7-8 GB
 #   --keep-data     keep the generated JPEGs and the training run's checkpoints (default: removed at exit)
 # The interpreter is ${PYTHON:-the one of the installed scnet-bench script, else python}; with PYTHON set,
 # the commands run as "$PYTHON -m scnet.cli.<name>", otherwise through the installed console scripts.
 #
-# Output folder: report.md, steps.tsv (step, status, seconds), env.json, json/<step>.json (raw results),
+# Output folder: report.md, steps.tsv (step, status, seconds), env.json, json/<step>.json (raw results;
+# json/kernels.json: the kernel check's),
 # json/train-eager-MODEL.kernels.md (the kernel table), logs/<step>.log, train-run/ (config.yaml,
 # metrics.jsonl, TensorBoard events).
 # Exit status: 0 when every step ran or was skipped (time, --only); 1 when a step failed (each is named on
@@ -108,6 +117,9 @@ if ((DRY_RUN)); then
     MODELS=${MODELS:-scnet50}
     BUDGET=${BUDGET:-900} # never binding; it puts every step under timeout, as in the real run
     BATCH=2 IMAGE=112 WARMUP=1 STEPS=1 KERNEL_STEPS=1 COMPILE_BACKEND=eager
+    # The kernel check in float32 (--amp none) at tiny sizes: ~10 s.
+    KERNEL_CHECK_SIZES=(--batch-size 2 --image-size 112 --conv-batch-size 2 --conv-image-size 32)
+    KERNEL_CHECK_AMP=none
     # The first model's other kernels: one eager row shows the command works (each row is a process, ~7 s here).
     EAGER_SUFFIXES=(:lean) COMPILED_SUFFIXES=()
     TRAIN_STEPS=2 LOG_EVERY=1 CLASSES=2 VAL_PER_CLASS=1
@@ -117,6 +129,8 @@ else
     MODELS=${MODELS:-$DEFAULT_MODELS}
     BUDGET=${BUDGET:-480}
     BATCH=256 IMAGE=224 WARMUP=5 STEPS=20 KERNEL_STEPS=3 COMPILE_BACKEND=inductor
+    # The kernel check at scnet-bench kernels' sizes, under the run's autocast (set below).
+    KERNEL_CHECK_SIZES=() KERNEL_CHECK_AMP=""
     # The first model's other kernels (scnet-bench's name suffixes): the plain layers and the lean ones.
     EAGER_SUFFIXES=(:layerwise :lean) COMPILED_SUFFIXES=(:layerwise :lean)
     TRAIN_STEPS=300 LOG_EVERY=50 CLASSES=10 VAL_PER_CLASS=50
@@ -125,6 +139,7 @@ else
     LOADER_WARMUP=$NPROC LOADER_BATCHES=$((3 * NPROC)) LOADER_REPEATS=2
 fi
 AMP=bf16
+KERNEL_CHECK_AMP=${KERNEL_CHECK_AMP:-$AMP}
 THREADS=$NPROC
 if ((DRY_RUN)); then
     # One intra-op thread per process: on a small, shared CPU, OpenMP's spinning barriers make multi-threaded
@@ -149,7 +164,8 @@ fi
 # Seconds a step takes on an H100/H200 with 16 cores, rounded up from the H200 run of 2026-12-04 (the budget's
 # skip decision; BENCHMARKS.md). The first compiled step compiles resnet50 too, cold: ~180 s.
 EST_TRAIN_EAGER=30 EST_INFER_EAGER=20 EST_JPEG=90 EST_LOADER=60 EST_TRAIN_RUN=90
-EST_KERNELS=15 # the kernel table's profiled steps, on top of the first model's eager training
+EST_KERNEL_TABLE=15 # the kernel table's profiled steps, on top of the first model's eager training
+EST_KERNELS=60      # the kernel check: Triton compiles its kernels on first use; the grouped 3x3s at batch 256
 EST_TRAIN_COMPILED=200 EST_INFER_COMPILED=60
 GRACE=60 # a running step is stopped this long after the budget
 
@@ -280,7 +296,7 @@ bench_model() { # bench_model train|infer eager|compiled MODEL ESTIMATE_S [kerne
     if [[ $variant == compiled ]]; then args+=(--compile --compile-backend "$COMPILE_BACKEND"); fi
     if [[ -n $table ]]; then
         args+=(--kernel-table "$OUT/json/$name.kernels.md" --kernel-steps "$KERNEL_STEPS")
-        estimate=$((estimate + EST_KERNELS))
+        estimate=$((estimate + EST_KERNEL_TABLE))
     fi
     run_step "$name" "$estimate" "${BENCH[@]}" "${args[@]}"
 }
@@ -324,8 +340,12 @@ if [[ $COMPILE_BACKEND == inductor ]] && ! command -v cc >/dev/null && ! command
 fi
 
 # In order of what matters most, so that a tight budget drops the least important steps (the last ones):
-# the goals' figures first (training eager, with the first model's kernel table and its other kernels beside
-# it, the JPEG run, the training model compiled, then its other kernels compiled), then the rest.
+# the kernel check first (the shipped kernels are right on this GPU before their speed means anything), then
+# the goals' figures (training eager, with the first model's kernel table and its other kernels beside it,
+# the JPEG run, the training model compiled, then its other kernels compiled), then the rest.
+run_step kernels "$EST_KERNELS" "${BENCH[@]}" kernels --model "$TRAIN_MODEL" --amp "$KERNEL_CHECK_AMP" \
+    "${KERNEL_CHECK_SIZES[@]}" --device "$DEVICE" --threads "$THREADS" --json "$OUT/json/kernels.json"
+
 bench_model train eager "$TRAIN_MODEL" "$EST_TRAIN_EAGER" kernel-table
 for model in "${MODEL_LIST[@]:1}"; do
     bench_model train eager "$model" "$EST_TRAIN_EAGER"

@@ -10,10 +10,10 @@ scnet-bench does not know), a model without a baseline of its own and no ``--bas
 without a usable GPU; it then writes nothing. It records each model's baseline (``baselines``).
 
 ``render`` reads the run folder that bench_gpu.sh fills: ``steps.tsv`` (one line per step: name, status,
-seconds; the rows of the report, in order), ``json/<step>.json`` (each step's raw result),
-``json/<step>.kernels.md`` (a step's kernel table, included), ``env.json`` and ``train-run/`` (the
-scnet-train output: ``metrics.jsonl`` and TensorBoard events). A step that failed or was skipped is a row
-that says so, never a missing row.
+seconds; the rows of the report, in order), ``json/<step>.json`` (each step's raw result; ``json/kernels.json``:
+the kernel check's), ``json/<step>.kernels.md`` (a step's kernel table, included), ``env.json`` and
+``train-run/`` (the scnet-train output: ``metrics.jsonl`` and TensorBoard events). A step that failed or was
+skipped is a row that says so, never a missing row.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ GOAL_RATIO = {"eager": 0.9, "compiled": 1.0}
 GOAL_REAL_VS_SYNTHETIC = 0.9  # real-JPEG training within 10% of the synthetic-input figure
 GOAL_MODEL = "scnet50"
 _MODES, _VARIANTS = ("train", "infer"), ("eager", "compiled")
+_PARITY_VARIANTS = ("shipped", "lean", "plain")  # scnet-bench kernels' sets of kernels, in its JSON
 
 
 # ----------------------------------------------------------------------------------------------- env
@@ -63,6 +64,8 @@ _CLI_CHECKS = {
         + ["--json", "a.json", "--compile", "--compile-backend", "eager"],
         ["model", "--model", "a", "--vs", "b", "--infer"],
         ["model", "--model", "a:lean", "--train", "--kernel-table", "a.kernels.md", "--kernel-steps", "1"],
+        ["kernels", "--model", "a", "--amp", "none", "--batch-size", "2", "--image-size", "112", "--device", "cpu"]
+        + ["--conv-batch-size", "2", "--conv-image-size", "32", "--threads", "1", "--json", "a.json"],
         ["data", "--data", "d", "--workers", "1", "--batches", "1", "--batch-size", "2", "--warmup", "1"]
         + ["--repeats", "1", "--image-size", "112", "--json", "a.json"],
     ],
@@ -251,6 +254,8 @@ def render(run: Path) -> str:
         "",
     ]
 
+    if "kernels" in by_name:
+        out += _parity_section(run, by_name["kernels"])
     model_lines, results = _models_section(run, steps, env)
     out += model_lines
 
@@ -416,6 +421,85 @@ def _kernel_section(run: Path, step: str) -> list[str]:
     text = (run / path).read_text().strip().splitlines()
     lines = ["#" + line if line.startswith("#") else line for line in text]
     return lines[:1] + ["", f"Step {step}, [{path}]({path}):"] + lines[1:] + [""]
+
+
+def _error(value) -> str:
+    """A relative error, in scientific notation (they span 1e-16 to 1e-1)."""
+    return "—" if value is None else f"{value:.1e}"
+
+
+def _errors_cells(e: dict) -> list[str]:
+    """Logits error, median gradient error, largest gradient error (and its parameter, unless all are 0) of one
+    variant."""
+    worst = _error(e.get("grad_max"))
+    if e.get("grad_max"):
+        worst += f" (`{e.get('grad_max_param', '?')}`)"
+    return [_error(e.get("logits")), _error(e.get("grad_median")), worst]
+
+
+def _parity_section(run: Path, step: dict) -> list[str]:
+    """The kernel check (scnet-bench kernels, json/kernels.json): each variant's errors against the float64
+    step, the float32 comparison, the repeatability, and SC-ResNeXt's grouped 3x3s timed."""
+    out = ["## Kernel parity (scnet-bench kernels)", ""]
+    k = _read_json(run / "json" / "kernels.json") if step["status"] == "ok" else None
+    if k is None:
+        why = _not_measured(step) if step["status"] != "ok" else "ok, but no JSON"
+        return out + [f"Not measured: {why}.", ""]
+    out += [
+        f"One training step of {k.get('model', '?')} (batch {k.get('batch_size', '?')}, {k.get('image_size', '?')} "
+        f"px, amp {k.get('amp', '?')}, on {k.get('device', '?')}) by each set of kernels, against the plain layers' "
+        "float64 step: relative L2 errors of the logits and of the parameter gradients (median and largest over "
+        "the parameters). shipped: what training runs here; lean: the lean kernels without the Triton ones; plain: "
+        "the plain layers (set_fused(False)).",
+        "",
+    ]
+    header = ["variant", "kernels", "logits error", "gradient error, median", "gradient error, max (parameter)"]
+    rows = [[name, k[name].get("kernels", "?"), *_errors_cells(k[name])] for name in _PARITY_VARIANTS if name in k]
+    out += _table(header, rows, right_from=2)
+    out += [""]
+    if "shipped_float32" in k:
+        cells = _errors_cells(k["shipped_float32"])
+        out.append(
+            "- shipped_float32 (the shipped step without autocast against the plain layers' float32 step: "
+            f"rounding only): logits {cells[0]}, gradients median {cells[1]}, max {cells[2]}"
+        )
+    if "running_stats_error" in k:
+        out.append(
+            "- running_stats_error (the BN running statistics after the shipped and the plain float32 steps, "
+            f"largest relative difference): {_error(k['running_stats_error'])}"
+        )
+    if "repeatable" in k:
+        said = "yes" if k["repeatable"] else "**no**"
+        out.append(
+            "- repeatable (the shipped step twice from the same state, cuDNN deterministic: bit-identical logits "
+            f"and gradients): {said}"
+        )
+    out += [""]
+    convs = k.get("grouped_convs")
+    out += ["## SC-ResNeXt grouped 3x3s (scnet-bench kernels)", ""]
+    if not convs:
+        return out + ["Not measured (--conv-batch-size 0).", ""]
+    rows = [
+        [
+            str(c["stage"]),
+            str(c["channels"]),
+            str(c["size"]),
+            _num(c["two_convs_seconds"], scale=1e-3),
+            _num(c["one_conv_seconds"], scale=1e-3),
+            _num(c["speedup"], 2),
+        ]
+        for c in convs
+    ]
+    dtype = "float32" if k.get("amp") == "none" else k.get("amp", "?")
+    out += _table(["stage", "channels", "size", "two convs ms", "one conv ms", "speedup"], rows, right_from=1)
+    out += [
+        "",
+        f"Forward + backward of a stage's two half-width grouped 3x3s (k1 and k3, {dtype}, channels_last, "
+        "at the stage's stride-1 map size), as two convolutions and as one of twice the groups over both halves; "
+        "median ms. speedup = two convs / one conv (> 1: one convolution is faster).",
+        "",
+    ]
+    return out
 
 
 def _verdict(ok: bool | None) -> str:

@@ -61,6 +61,7 @@ def _kernels(args: argparse.Namespace) -> dict:
         device=args.device,
     )
     if args.conv_batch_size > 0:
+        result["conv_batch_size"], result["conv_image_size"] = args.conv_batch_size, args.conv_image_size
         result["grouped_convs"] = time_grouped_convs(
             batch_size=args.conv_batch_size, image_size=args.conv_image_size, amp=args.amp, device=args.device
         )

@@ -1,4 +1,4 @@
-"""`scnet-bench data` through its entry point on a tiny ImageFolder tree."""
+"""`scnet-bench` through its entry point: `data` on a tiny ImageFolder tree, the refusals of `model` and `kernels`."""
 
 from __future__ import annotations
 
@@ -46,3 +46,12 @@ def test_bench_model_help_names_the_suffixes_and_the_kernel_table(capsys):
         bench_main(["model", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert ":layerwise" in out and ":lean" in out and "--kernel-table FILE.md" in out and "--kernel-steps" in out
+
+
+def test_bench_kernels_refuses_a_model_without_sc_blocks(capsys):
+    """Before building anything: one line naming the SC models to choose from."""
+    assert bench_main(["kernels", "--model", "resnet50", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0
+    assert err.startswith("scnet-bench kernels: error: 'resnet50' is not an SC model; choose from ")
+    assert "scnet50" in err and "sc_resnext50_32x4d" in err

@@ -95,9 +95,10 @@ def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
     steps = _steps(out)
     assert steps["preflight"] == "ok"
     assert steps["loader"] == steps["train-run"] == "skipped: needs jpeg-gen"
-    assert {steps[name] for name in MODEL_STEPS + VARIANT_STEPS + ["jpeg-gen"]} == {"skipped: time budget"}
+    assert {steps[name] for name in MODEL_STEPS + VARIANT_STEPS + ["kernels", "jpeg-gen"]} == {"skipped: time budget"}
     report = (out / "report.md").read_text()
     assert report in result.stdout
+    assert "## Kernel parity (scnet-bench kernels)\n\nNot measured: skipped: time budget.\n" in report
     # A row without a result still names its baseline (the preflight's pairing).
     assert "skipped: time budget" in _row(report, "scnet50", "resnet50", "train", "compiled")
     assert "skipped: time budget" in _row(report, "scnet50:lean", "resnet50", "train", "eager")
@@ -219,17 +220,91 @@ def test_report_of_a_gpu_run(tmp_path):
     assert "- real-JPEG training within 10% of synthetic (metrics.jsonl, 0.95): met" in report
 
 
+def _check_dry_kernels(out: Path, report: str) -> None:
+    """The kernel check of a dry run: on CPU the shipped kernels are the lean ones, in float32 they match the plain
+    layers to rounding and repeat bit for bit, the grouped 3x3s are timed per stage; both tables in the report."""
+    k = json.loads((out / "json" / "kernels.json").read_text())
+    assert (k["model"], k["batch_size"], k["image_size"], k["amp"], k["device"]) == ("scnet50", 2, 112, "none", "cpu")
+    assert [k[v]["kernels"] for v in ("shipped", "lean", "plain")] == ["lean", "lean", "plain"]
+    assert k["repeatable"] is True
+    f32 = k["shipped_float32"]
+    assert max(f32["logits"], f32["grad_median"], f32["grad_max"], k["running_stats_error"]) < 1e-4, k
+    convs = k["grouped_convs"]
+    assert [c["stage"] for c in convs] == [1, 2, 3, 4] and [c["size"] for c in convs] == [8, 4, 2, 1]
+    assert all(c["two_convs_seconds"] > 0 and c["one_conv_seconds"] > 0 for c in convs)
+    for variant, kernels in (("shipped", "lean"), ("lean", "lean"), ("plain", "plain")):
+        _errors(_row(report, variant, kernels))
+    assert re.search(r"^- repeatable \(.*\): yes$", report, re.MULTILINE), report
+    assert "## SC-ResNeXt grouped 3x3s (scnet-bench kernels)" in report
+    for c in convs:
+        _numbers(_row(report, str(c["stage"]), str(c["channels"]), str(c["size"])), 3, 3)
+
+
+def _errors(row: str) -> list[str]:
+    """A kernel-parity row's three errors (logits, median and largest gradient error), each in scientific
+    notation, the largest one with its parameter unless it is 0."""
+    cells = [c.strip() for c in row.strip("|").split("|")][2:]
+    assert len(cells) == 3, row
+    for cell in cells:
+        assert re.fullmatch(r"\d\.\de[+-]\d\d(?: \(`[\w.]+`\))?", cell), f"{cell!r} is not an error in {row}"
+    return cells
+
+
+def test_report_of_the_kernel_check(tmp_path):
+    """The kernel check's sections, rendered in-process: a CUDA-like result (Triton kernels, bf16, a gradient
+    that is not repeatable) and a failed step that says so."""
+    run = tmp_path / "run"
+    (run / "json").mkdir(parents=True)
+    (run / "env.json").write_text(json.dumps({"device": "cuda", "settings": {"dry_run": "0"}}))
+    (run / "steps.tsv").write_text("preflight\tok\t3\nkernels\tok\t41\n")
+
+    def errors(logits, median, worst, param):
+        return {"logits": logits, "grad_median": median, "grad_max": worst, "grad_max_param": param}
+
+    k = {"model": "scnet50", "batch_size": 16, "image_size": 224, "amp": "bf16", "device": "NVIDIA H100 80GB HBM3"}
+    k["shipped"] = {"kernels": "triton", **errors(0.0042, 0.0061, 0.031, "layer4.2.scconv.k4.1.weight")}
+    k["lean"] = {"kernels": "lean", **errors(0.0041, 0.0060, 0.029, "layer1.0.k1.1.bias")}
+    k["plain"] = {"kernels": "plain", **errors(0.0040, 0.0058, 0.027, "conv1.weight")}
+    k["shipped_float32"] = errors(2.5e-7, 3e-7, 0.0, "conv1.weight")
+    k.update(running_stats_error=1.25e-7, repeatable=False)
+    rows = [(1, 128, 56, 0.0125, 0.01), (4, 1024, 7, 0.0004, 0.0005)]
+    keys = ("stage", "channels", "size", "two_convs_seconds", "one_conv_seconds")
+    k["grouped_convs"] = [dict(zip(keys, row, strict=True), speedup=row[3] / row[4]) for row in rows]
+    (run / "json" / "kernels.json").write_text(json.dumps(k))
+    render = _report_module().render
+    report = render(run)
+    assert "## Kernel parity (scnet-bench kernels)" in report
+    assert "One training step of scnet50 (batch 16, 224 px, amp bf16, on NVIDIA H100 80GB HBM3)" in report
+    shipped = "| shipped | triton | 4.2e-03 | 6.1e-03 | 3.1e-02 (`layer4.2.scconv.k4.1.weight`) |"
+    assert _row(report, "shipped") == shipped
+    assert _errors(_row(report, "lean", "lean")) == ["4.1e-03", "6.0e-03", "2.9e-02 (`layer1.0.k1.1.bias`)"]
+    assert _errors(_row(report, "plain", "plain"))[0] == "4.0e-03"
+    assert "rounding only): logits 2.5e-07, gradients median 3.0e-07, max 0.0e+00\n" in report  # no parameter at 0
+    assert "largest relative difference): 1.2e-07\n" in report
+    assert "bit-identical logits and gradients): **no**\n" in report
+    assert _row(report, "1", "128", "56") == "| 1 | 128 | 56 | 12.5 | 10.0 | 1.25 |"
+    assert _row(report, "4", "1024", "7") == "| 4 | 1024 | 7 | 0.40 | 0.50 | 0.80 |"
+    assert "k1 and k3, bf16, channels_last" in report
+
+    (run / "steps.tsv").write_text("preflight\tok\t3\nkernels\tfailed (exit 1)\t12\n")
+    report = render(run)
+    assert "## Kernel parity (scnet-bench kernels)\n\nNot measured: failed (exit 1) (logs/kernels.log).\n" in report
+    assert "grouped 3x3s" not in report
+
+
 @pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path):
     """Every measurement path on CPU at tiny sizes, through the installed console scripts: a row with numbers
     for each (the first model's lean and plain-layer rows too, against its own baseline), the raw JSON of each,
-    the kernel table in the report, and the JPEGs and checkpoints removed at the end."""
+    the kernel table in the report, the kernel check (run first) and its two tables, and the JPEGs and
+    checkpoints removed at the end."""
     out = tmp_path / "out"
     result = _run("--dry-run", "--out", str(out), python=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "commands: scnet-bench / scnet-train" in result.stdout
     steps = _steps(out)
-    assert list(steps) == ["preflight", "train-eager-scnet50", *VARIANT_STEPS, "jpeg-gen", "loader", "train-run"] + [
+    assert list(steps) == ["preflight", "kernels", "train-eager-scnet50", *VARIANT_STEPS, "jpeg-gen", "loader"] + [
+        "train-run",
         "train-compiled-scnet50",
         "infer-eager-scnet50",
         "infer-compiled-scnet50",
@@ -275,6 +350,7 @@ def test_dry_run_end_to_end(tmp_path):
     train_row = _row(report, "scnet50", "2")  # the training run: model, steps
     _numbers(train_row, 2, 5)  # img/s, after the first log, data wait, synthetic img/s, real / synthetic
     assert "Not judged: dry run." in report
+    _check_dry_kernels(out, report)
     # The JPEGs and checkpoints are gone; the logs stay.
     assert not (out / "jpeg").exists() and not list((out / "train-run").glob("*.pth"))
     assert (out / "logs" / "train-run.log").is_file()
