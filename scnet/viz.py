@@ -1,7 +1,7 @@
 """Figures: the one matplotlib guard (:func:`pyplot`), and the Grad-CAM figure (the input image, then one heat
 map per model, side by side).
 
-matplotlib is an optional extra (``pip install 'scnet[plot]'``), imported only when a figure is drawn.
+matplotlib is an optional extra (``pip install 'scnet-pytorch[plot]'``), imported only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-INSTALL_HINT = "the figure needs matplotlib: pip install 'scnet[plot]' (or pip install matplotlib)"
+INSTALL_HINT = "the figure needs matplotlib: pip install 'scnet-pytorch[plot]' (or pip install matplotlib)"
 PANEL_INCHES, TITLE_INCHES, DPI = 3.0, 0.7, 100
 HEAT_ALPHA = 0.5  # the heat map over the image: both stay readable
 

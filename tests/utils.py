@@ -47,7 +47,7 @@ def require_extra(extra: str, *modules: str) -> None:
     """
     missing = [m for m in modules if not has_module(m)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (the {extra} extra): pip install 'scnet[{extra}]'")
+        pytest.skip(f"{', '.join(missing)} not installed (the {extra} extra): pip install 'scnet-pytorch[{extra}]'")
 
 
 def is_deep(name: str) -> bool:

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+from scnet.cli._common import add_json, add_version, plain, write_json
 
 
 def _data(args: argparse.Namespace) -> dict:
@@ -57,7 +58,7 @@ def _kernels(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         image_size=args.image_size,
         amp=args.amp,
-        channels_last=not args.nchw,
+        channels_last=args.channels_last,
         device=args.device,
     )
     if args.conv_batch_size > 0:
@@ -68,19 +69,33 @@ def _kernels(args: argparse.Namespace) -> dict:
     return result
 
 
+def _add_precision(p: argparse.ArgumentParser, amp: str, channels_last: bool) -> None:
+    """--amp and --channels-last / --no-channels-last, with the command's defaults."""
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=amp, help=f"autocast dtype (default {amp})")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=channels_last,
+        help=f"channels_last input and model(s), or NCHW (default {'channels_last' if channels_last else 'NCHW'})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-bench`` argument parser."""
-    parser = argparse.ArgumentParser(prog="scnet-bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="scnet-bench", description=plain(__doc__))
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to measure")
     p = sub.add_parser("data", help="loader throughput with the training transforms, against torchvision's")
     p.add_argument("--data", required=True, help="ImageFolder root (its train/ is used when present)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
     p.add_argument("--batches", type=int, default=20, help="measured batches per repeat")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", help="also write the result here")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch of the loader, one process (default 32)"
+    )
+    p.add_argument("--image-size", type=int, default=224, help="training crop size (default 224)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first, per repeat (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="times each loader is measured, alternated (default 3)")
+    add_json(p, "the result (as printed)")
     p.set_defaults(func=_data)
 
     p = sub.add_parser(
@@ -100,10 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="training steps (default)")
     mode.add_argument("--infer", action="store_true", help="inference forwards (eval, inference_mode)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per step in this one process, as a per-GPU batch (default 16; the trainer's data.batch_size "
+        "is global)",
+    )
+    p.add_argument("--image-size", type=int, default=224, help="synthetic input size (default 224)")
+    _add_precision(p, amp="none", channels_last=False)
     p.add_argument("--compile", action="store_true", help="torch.compile both models (the warm-up compiles)")
     p.add_argument("--compile-backend", default="inductor", help="e.g. aot_eager or eager for a quick CPU run")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -117,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CPU ops) and write a Markdown table of the longest kernels per step here",
     )
     p.add_argument("--kernel-steps", type=int, default=3, help="profiled steps per model for --kernel-table")
-    p.add_argument("--json", help="also write the result here")
+    add_json(p, "the result (as printed)")
     p.set_defaults(func=_model)
 
     p = sub.add_parser(
@@ -129,18 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
         "SC-ResNeXt's grouped 3x3s timed as two convolutions and as one of twice the groups.",
     )
     p.add_argument("--model", default="scnet50", help="an SC zoo name (default: scnet50)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="images in the checked training step, one process (default 16)"
+    )
     # 224 px: the map sizes (and so the compiled Triton kernels) of the training benchmark's steps.
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
-    p.add_argument("--nchw", action="store_true", help="NCHW input and model (default: channels_last)")
+    p.add_argument("--image-size", type=int, default=224, help="input size of the checked step (default 224)")
+    _add_precision(p, amp="bf16", channels_last=True)
+    p.add_argument("--nchw", dest="channels_last", action="store_false", help="(alias) --no-channels-last")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument(
-        "--conv-batch-size", type=int, default=256, help="batch of the grouped-convolution timing (0: skip it)"
+        "--conv-batch-size",
+        type=int,
+        default=256,
+        help="images per forward of the grouped-convolution timing, one process (default 256; 0: skip it)",
     )
-    p.add_argument("--conv-image-size", type=int, default=224)
+    p.add_argument("--conv-image-size", type=int, default=224, help="input size of that timing (default 224)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
-    p.add_argument("--json", help="also write the result here")
+    add_json(p, "the result (as printed)")
     p.set_defaults(func=_kernels)
     return parser
 
@@ -155,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            write_json(args.json, result)
+        except OSError as e:
+            print(f"scnet-bench {args.command}: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

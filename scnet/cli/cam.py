@@ -2,10 +2,11 @@
 
 Each ``--checkpoint`` is read as ``scnet-eval`` reads it (``scnet.inference.checkpoint``): a training
 checkpoint names its model, SCConv options, classes and evaluation crop; a bare state_dict of the
-original release (or of a timm baseline) needs its architecture. ``--model`` is given once for all the
-checkpoints, or once per checkpoint in their order (``auto`` for one whose config names its model).
+original release (or of a timm baseline) needs its architecture. ``--model`` names one architecture for
+all the checkpoints, or one per checkpoint in their order (``auto`` for one whose config names its model).
 Each model sees the image through its own evaluation crop (``--image-size`` sets it for all) and its map
-explains its top class, or ``--class N``, at ``--layer`` (default: the last stage, ``layer4``).
+explains its top class, or ``--class N``, at ``--layer`` (default: the last stage, ``layer4``). ``--out`` is
+the figure; ``--json FILE`` also writes each panel's model, layer, class and probability.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from scnet.cli._common import fail
+from scnet.cli._common import ListOption, add_json, add_version, fail, plain, write_json
 from scnet.data.decode import load_rgb
 from scnet.inference.cam import grad_cam
 from scnet.inference.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -28,17 +29,23 @@ AUTO = "auto"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-cam`` argument parser."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG, description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version(p)
     p.add_argument(
         "--checkpoint",
-        action="append",
+        action=ListOption,
+        commas=False,
         required=True,
-        help="a training checkpoint or a bare state_dict; repeat for one panel per model",
+        metavar="FILE",
+        help="training checkpoints or bare state_dicts, one panel each",
     )
     p.add_argument(
         "--model",
-        action="append",
-        help=f"architecture of a bare state_dict: once for all checkpoints, or once per checkpoint ({AUTO}: "
+        action=ListOption,
+        metavar="NAME",
+        help=f"architecture of a bare state_dict: one for all checkpoints, or one per checkpoint in order ({AUTO}: "
         "the checkpoint's config names it)",
     )
     p.add_argument("--image", required=True, help="the image (JPEG, PNG, ...)")
@@ -49,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="every model's crop size (default: each checkpoint's, else 224)")
     p.add_argument("--ema", action="store_true", help="use the checkpoints' EMA weights (model_ema)")
     p.add_argument("--out", required=True, help="the figure (PNG, or any format matplotlib writes)")
+    add_json(p, "each panel's model, layer, class and probability")
     return p
 
 
@@ -60,7 +68,7 @@ def _models(checkpoints: list[str], models: list[str] | None) -> list[str | None
         models = models * len(checkpoints)
     if len(models) != len(checkpoints):
         raise ValueError(
-            f"--model given {len(models)} times for {len(checkpoints)} checkpoints: give it once, or once per "
+            f"--model names {len(models)} architectures for {len(checkpoints)} checkpoints: give one, or one per "
             f"checkpoint in order ({AUTO} for a checkpoint that names its model)"
         )
     return [None if m == AUTO else m for m in models]
@@ -95,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(PROG, e)
 
     panels: list[CamPanel] = []
+    records: list[dict] = []
     for checkpoint, model_name in zip(args.checkpoint, models, strict=True):
         try:
             loaded = load_checkpoint(checkpoint, model_name, args.ema, image_size=args.image_size)
@@ -108,12 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{loaded.name} ({loaded.path.name}): {result.layer}, {label}, p={prob:.3f}")
         title = f"{loaded.name} ({loaded.path.name})\n{label} ({prob:.1%})"
         panels.append(CamPanel(image=crop.cpu(), cam=result.maps[0].cpu(), title=title))
+        record = {"checkpoint": str(loaded.path), "model": loaded.name, "image_size": loaded.image_size}
+        records.append({**record, "layer": result.layer, "class": index, "label": label, "probability": prob})
         del loaded, result  # one model in memory at a time
     try:
         out = save_cam_figure(panels[0].image, panels, args.out, image_title=f"input ({image_path.name})")
     except (OSError, ValueError) as e:
         return fail(PROG, f"{args.out}: {e}")
     print(f"wrote {out} ({1 + len(panels)} panels)")
+    if args.json:
+        try:
+            write_json(args.json, {"image": str(image_path), "figure": str(out), "panels": records})
+        except OSError as e:
+            return fail(PROG, e)
     return 0
 
 

@@ -7,6 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from scnet.cli._common import ListOption, add_version, plain
+
+SPLITS = ("train", "val")
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from scnet.data.prepare import prepare_imagenet
@@ -49,8 +53,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-data`` argument parser."""
-    parser = argparse.ArgumentParser(prog="scnet-data", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="scnet-data", description=plain(__doc__))
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to make")
 
     p = sub.add_parser(
         "prepare-imagenet",
@@ -58,17 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--src", required=True, help="folder with the release files (or the Kaggle download)")
     p.add_argument("--out", required=True, help="output folder; re-running resumes an interrupted run")
-    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    p.add_argument(
+        "--splits",
+        action=ListOption,
+        allowed=SPLITS,
+        default=list(SPLITS),
+        metavar="SPLIT",
+        help="train and/or val (default both)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("make-shards", help="ImageFolder tree -> WebDataset-style tar shards with an index")
     p.add_argument("--data", required=True, help="folder with train/ and val/ class folders")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder: <out>/<split>/ shards and their index")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard")
-    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument(
+        "--splits", action=ListOption, default=list(SPLITS), metavar="SPLIT", help="the splits to write (default both)"
+    )
     p.add_argument("--seed", type=int, default=0, help="order of samples across shards (train is shuffled)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_shards)
 
     p = sub.add_parser(
@@ -77,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "set that data.root: demo (scnet-train) and --data demo (scnet-eval) name",
     )
     p.add_argument("--out", required=True, help="output folder (data/demo for the built-in set)")
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--train-per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    p.add_argument("--train-per-class", type=int, default=100, help="training images per class (default 100)")
+    p.add_argument("--val-per-class", type=int, default=20, help="validation images per class (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="the drawing's seed: the same seed, the same images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
     return parser
 

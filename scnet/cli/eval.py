@@ -6,7 +6,7 @@ release's bare state_dicts (``--model`` names the architecture), through ``scnet
 path every consumer of a checkpoint takes. Labels follow the checkpoint's class list (its training
 split's classes), so a val split that lacks some classes is labelled right; a bare state_dict takes
 ``<data>/classes.txt`` when present, else the split's sorted folder names. A file that does not decode is
-skipped and listed (``skipped`` in the JSON), never counted. Launched by ``torchrun``, every process
+skipped and listed (under "skipped" in the --json file), never counted. Launched by ``torchrun``, every process
 evaluates its share and the counts are summed: the numbers are exactly those of one process.
 ``--batch-size`` is global, split across processes (as the trainer's ``data.batch_size``).
 """
@@ -14,14 +14,12 @@ evaluates its share and the counts are summed: the numbers are exactly those of 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from scnet.cli._common import choose_device, fail
+from scnet.cli._common import add_json, add_version, choose_device, fail, plain, write_json
 from scnet.data.builtin import DEMO_FOLDER, resolve_root
 from scnet.data.decode import BadImageError
 from scnet.data.loader import skipped_summary
@@ -37,7 +35,10 @@ PROG = "scnet-eval"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-eval`` argument parser."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG, description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint, or a bare state_dict (.pth/.safetensors)")
     p.add_argument(
         "--data",
@@ -45,12 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"data root: <data>/<split> is an ImageFolder tree or shards; demo = the built-in demo set at "
         f"{DEMO_FOLDER} (write ./demo for a folder named demo)",
     )
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="the split folder under --data (default val)")
     p.add_argument(
         "--model",
         help="architecture: required for a bare state_dict (a training checkpoint names its own; another is an error)",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="global, split across processes (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="global: images per step across all processes, each of N (torchrun) taking 1/N, as the trainer's "
+        "data.batch_size (default 256)",
+    )
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="loader workers per process (default: up to 4)")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's config, else the model's (224)")
     p.add_argument(
@@ -67,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict", action="store_true", help="a file that does not decode is an error naming it (default: skipped)"
     )
-    p.add_argument("--json", help="write the results here (rank 0)")
+    add_json(p, "the results (rank 0)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     return p
@@ -118,11 +125,6 @@ def _report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 # ----------------------------------------------------------------------------------------------- entry
 
 
@@ -153,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: warning: {skipped_summary(result['skipped'])}", file=sys.stderr)
         if args.json:
             try:
-                _write_json(Path(args.json), result)
+                write_json(args.json, result)
             except OSError as e:
                 return fail(PROG, e, show=True)
         return 0

@@ -6,10 +6,11 @@ file written is then read back by what a user would read it with (onnxruntime, `
 ``timm.create_model("local-dir:...")``, ...), run on a random batch next to the eager model, and the
 largest absolute difference printed; above ``atol + rtol * max|eager|`` the command fails (exit 1).
 
-Formats: ``onnx`` (batch dynamic, image size fixed: ``--image-size``; needs ``pip install 'scnet[export]'``),
-``torchscript``, ``safetensors`` (the state_dict; architecture, class count, options and classes in its
-metadata), ``timm`` (a folder: config.json + model.safetensors, for ``timm.create_model("local-dir:PATH",
-pretrained=True)`` after ``import scnet``; SCConv options are its ``model_args``).
+Formats: ``onnx`` (batch dynamic, image size fixed: ``--image-size``; needs
+``pip install 'scnet-pytorch[export]'``), ``torchscript``, ``safetensors`` (the state_dict; architecture, class
+count, options and classes in its metadata), ``timm`` (a folder: config.json + model.safetensors, for
+``timm.create_model("local-dir:PATH", pretrained=True)`` after ``import scnet``; SCConv options are its
+``model_args``). ``--out`` is what is written; ``--json FILE`` also writes the files and the check's numbers.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from scnet.cli._common import fail
-from scnet.inference.checkpoint import load_checkpoint
+from scnet.cli._common import add_json, add_version, fail, plain, write_json
+from scnet.inference.checkpoint import LoadedCheckpoint, load_checkpoint
 from scnet.inference.export import (
     DEFAULT_TOLERANCES,
     FORMATS,
     ExportCheckError,
+    ExportResult,
     MissingExportDependency,
     export,
     mismatch_hint,
@@ -37,13 +39,16 @@ PROG = "scnet-export"
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-export`` argument parser."""
     tolerances = ", ".join(f"{f} {a:g}/{r:g}" for f, (a, r) in DEFAULT_TOLERANCES.items())
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG, description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version(p)
     p.add_argument("--checkpoint", required=True, help="training checkpoint, or a bare state_dict (.pth/.safetensors)")
     p.add_argument(
         "--model",
         help="architecture: required for a bare state_dict (a training checkpoint names its own; another is an error)",
     )
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write (see above)")
     p.add_argument("--out", required=True, help="the file to write (for --format timm, a folder)")
     p.add_argument(
         "--image-size",
@@ -53,7 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights (model_ema)")
     p.add_argument("--atol", type=float, help=f"absolute tolerance of the check (atol/rtol defaults: {tolerances})")
     p.add_argument("--rtol", type=float, help="tolerance relative to the largest eager output, added to --atol")
+    add_json(p, "what was written and the check's numbers (also when the check fails)")
     return p
+
+
+def _record(loaded: LoadedCheckpoint, result: ExportResult) -> dict:
+    """What ``--json`` writes: the files and the check, each number as printed."""
+    return {
+        "checkpoint": str(loaded.path),
+        "model": loaded.name,
+        "format": result.format,
+        "path": str(result.path),
+        "files": [str(f) for f in result.files],
+        "bytes": sum(f.stat().st_size for f in result.files),
+        "runtime": result.runtime,
+        "batch": result.batch,
+        "image_size": result.image_size,
+        "max_abs_diff": result.max_abs_diff,
+        "max_abs_eager": result.max_abs_eager,
+        "atol": result.atol,
+        "rtol": result.rtol,
+        "tolerance": result.tolerance,
+        "passed": result.passed,
+        "export_seconds": result.export_seconds,
+        "check_seconds": result.check_seconds,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"tolerance {result.tolerance:.3g} = {result.atol:g} + {result.rtol:g} x max |eager|; "
         f"{result.check_seconds:.1f} s): {verdict}"
     )
+    if args.json:
+        try:
+            write_json(args.json, _record(loaded, result))
+        except OSError as e:
+            return fail(PROG, e)
     if not result.passed:
         return fail(
             PROG,

@@ -19,12 +19,10 @@ a bad option), with one line on stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from scnet.cli._common import choose_device, fail
+from scnet.cli._common import add_json, add_version, choose_device, fail, plain, write_json
 from scnet.data.transforms import INTERPOLATIONS
 from scnet.inference.checkpoint import load_checkpoint
 from scnet.inference.predict import Predictions, find_images, predict
@@ -34,7 +32,10 @@ PROG = "scnet-predict"
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-predict`` argument parser."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=PROG, description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_version(p)
     p.add_argument(
         "images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders (searched recursively)"
     )
@@ -44,13 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture: required for a bare state_dict (a training checkpoint names its own; another is an error)",
     )
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5; at most the number of classes)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass, in this one process (default 32)"
+    )
     p.add_argument("--workers", type=int, default=0, help="loader processes decoding ahead of the model (default 0)")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's config, else the model's (224)")
     p.add_argument("--crop-pct", type=float, help="resize to image_size / crop_pct, centre-crop (default: config)")
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), help="resize filter (default: config)")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights (model_ema)")
-    p.add_argument("--json", help="also write the results here: predictions and failed images")
+    add_json(p, "the results (predictions and failed images)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument(
         "--progress",
@@ -115,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **result.to_json(),
         }
         try:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(payload, indent=2) + "\n")
+            write_json(args.json, payload)
         except OSError as e:
             return fail(PROG, e)
     if not result.predictions:

@@ -1,14 +1,16 @@
 """``scnet-table``: the ImageNet tables of the SCNet paper, from data to a table beside the published numbers.
 
     scnet-table list [NAME] [--format text|tsv]
-    scnet-table run NAME --data ROOT [--rows a,b] [--seeds N] [--out DIR] [--nproc-per-node N] [key=value ...]
-    scnet-table show NAME [--out DIR]
+    scnet-table run NAME --data ROOT [--rows a,b] [--seeds N] [--out DIR] [--json FILE] [--nproc-per-node N]
+                    [key=value ...]
+    scnet-table show NAME [--out DIR] [--json FILE]
     scnet-table runs NAME --data ROOT [--rows a,b] [--seeds N] [--out DIR] [key=value ...]
 
 ``run`` trains each row and seed through scnet-train into DIR/runs/MODEL-KEY/seedS/ (one folder per resolved
 config and seed, shared by the tables: a row that two tables hold trains once per seed; re-running retrains
 nothing and resumes an interrupted run), evaluates each best checkpoint as scnet-eval does, and writes
-DIR/NAME.md, .csv and .json: per row the mean and spread over the seeds and the gain over the row's baseline.
+DIR/NAME.md, .csv and .json: per row the mean and spread over the seeds and the gain over the row's baseline
+(--json FILE writes that JSON to FILE too).
 ``show`` renders whatever exists so far, with a figure (DIR/NAME.png); ``runs`` prints where each (row, seed)
 trains (row, seed, config, folder; tab-separated), for schedulers that launch the training themselves.
 """
@@ -20,11 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from scnet.cli._common import ListOption, add_json, add_version, plain, write_json
+
 PROG = "scnet-table"
-
-
-def _rows(text: str) -> list[str]:
-    return [r.strip() for r in text.split(",") if r.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     from scnet.tables.spec import TABLES
 
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_version(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do with a table")
 
     p = sub.add_parser("list", help="the tables, their rows, configs and published numbers")
     p.add_argument("name", nargs="?", choices=TABLES, help="one table (default: all)")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("run", help="train, evaluate and report the rows of a table (resumable)")
-    p.add_argument("name", choices=TABLES)
+    p.add_argument("name", choices=TABLES, help="the table")
     p.add_argument("--data", required=True, help="data root with train/ and val/ (or demo: the built-in demo set)")
     _add_selection(p)
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per row (torchrun when > 1)")
@@ -58,22 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-labels", type=Path, help="ImageNet-ReaL real.json: also report ReaL top-1")
     p.add_argument("--imagenet-v2", type=Path, help="an ImageNet-V2 folder (0/..999/): also report V2 top-1")
     p.add_argument("--device", choices=["cpu", "cuda"], help="evaluation device (default: cuda when available)")
+    add_json(p, "the table's records (DIR/NAME.json's content)")
 
     p = sub.add_parser("runs", help="where each (row, seed) of a run trains: row, seed, config, folder (TSV)")
-    p.add_argument("name", choices=TABLES)
+    p.add_argument("name", choices=TABLES, help="the table")
     p.add_argument("--data", required=True, help="data root, as given to run")
     _add_selection(p)
 
     p = sub.add_parser("show", help="render what a table's run folder holds so far (+ a PNG figure)")
-    p.add_argument("name", choices=TABLES)
-    p.add_argument("--out", type=Path, default=Path("runs/tables"))
+    p.add_argument("name", choices=TABLES, help="the table")
+    p.add_argument("--out", type=Path, default=Path("runs/tables"), help="the run's folder (default runs/tables)")
     p.add_argument("--no-figure", action="store_true", help="do not draw DIR/NAME.png")
+    add_json(p, "the table's records (DIR/NAME.json's content)")
     return parser
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     """The options that pick the runs of a table: rows, seeds, output folder."""
-    p.add_argument("--rows", type=_rows, help="comma-separated rows (default: all)")
+    p.add_argument("--rows", action=ListOption, metavar="ROW", help="the rows to run (default: all)")
     p.add_argument(
         "--seeds", type=int, default=1, help="runs per row, seeds train.seed, train.seed + 1, ... (default 1)"
     )
@@ -138,8 +141,10 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     run_table(table, options)
-    write_reports(table, args.out)
+    records = write_reports(table, args.out)
     print((args.out / f"{table.name}.md").read_text(), end="")
+    if args.json:
+        write_json(args.json, records)
     return 0
 
 
@@ -168,6 +173,8 @@ def _show(args: argparse.Namespace) -> int:
         )
     records = write_reports(table, args.out)
     print((args.out / f"{table.name}.md").read_text(), end="")
+    if args.json:
+        write_json(args.json, records)
     if not args.no_figure:
         try:
             path = draw(table, records, args.out / f"{table.name}.png")
@@ -178,14 +185,44 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_before_rows(argv: list[str]) -> list[str]:
+    """``run --rows a b NAME``: the table's name, which a --rows list would take as a row, moved before the
+    list (no row is called as a table), so the old order ``run --rows a,b NAME`` still works."""
+    from scnet.tables.spec import TABLES
+
+    for start, token in enumerate(argv):
+        if token != "--rows":
+            continue
+        for i in range(start + 1, len(argv)):
+            if argv[i].startswith("-"):
+                break
+            if argv[i] in TABLES:
+                return [*argv[:start], argv[i], *argv[start:i], *argv[i + 1 :]]
+    return argv
+
+
+def _overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str], argv: list[str]) -> list:
+    """The key=value overrides, in command-line order: those argparse left over, and those that ``--rows a b``
+    took as rows (a row name never holds '=')."""
+    rows = getattr(args, "rows", None) or []
+    taken = [r for r in rows if "=" in r]
+    if taken:
+        args.rows = [r for r in rows if "=" not in r]
+        if not args.rows:
+            parser.error("--rows: no row given before the key=value overrides")
+    wanted = set(extra) | set(taken)
+    return [a for a in argv if a in wanted]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit status 2; a stop by signal exits 128 + signal."""
     parser = build_parser()
+    argv = _name_before_rows(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if args.command not in ("run", "runs") or a.startswith("-") or "=" not in a]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    args.overrides = extra
+    args.overrides = _overrides(parser, args, extra, argv)
     from scnet.config import ConfigError
     from scnet.tables.run import Stopped
 

@@ -6,14 +6,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from scnet.cli._common import add_version
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-train`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="scnet-train", description="Train an SC model (or a baseline) from a YAML config."
     )
+    add_version(parser)
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.2")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. optim.lr=0.2 data.batch_size=512 (global: split across the processes)",
+    )
     parser.add_argument(
         "--resume",
         nargs="?",

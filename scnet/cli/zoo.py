@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from scnet.cli._common import ListOption, add_json, add_version, fail, plain, write_json
 from scnet.models import BASELINES, count_macs, count_params, create_model, list_models, published_weights
 
 COLUMNS = ("model", "baseline", "params_m", "gmacs", "top1", "checkpoint")
@@ -54,21 +55,34 @@ def format_rows(rows: list[dict], fmt: str) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scnet-zoo`` argument parser."""
+    parser = argparse.ArgumentParser(prog="scnet-zoo", description=plain(__doc__))
+    add_version(parser)
+    parser.add_argument(
+        "--format", choices=("markdown", "csv", "json"), default="markdown", help="what is printed (default markdown)"
+    )
+    parser.add_argument("--models", action=ListOption, metavar="NAME", help="only these models (default: all)")
+    parser.add_argument("--image-size", type=int, default=224, help="input size for the MAC count (default 224)")
+    parser.add_argument("--no-baselines", action="store_true", help="list only the SC models")
+    add_json(parser, "the rows (as --format json prints them)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the zoo table."""
-    parser = argparse.ArgumentParser(prog="scnet-zoo", description=__doc__)
-    parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
-    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models (default: all)")
-    parser.add_argument("--image-size", type=int, default=224, help="input size for the MAC count")
-    parser.add_argument("--no-baselines", action="store_true", help="list only the SC models")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     names = args.models or list_models(include_baselines=not args.no_baselines)
     try:
         rows = zoo_rows(names, args.image_size)
     except ValueError as e:
-        print(f"scnet-zoo: error: {e}", file=sys.stderr)
-        return 2
+        return fail("scnet-zoo", e)
     print(format_rows(rows, args.format))
+    if args.json:
+        try:
+            write_json(args.json, rows)
+        except OSError as e:
+            return fail("scnet-zoo", e)
     return 0
 
 

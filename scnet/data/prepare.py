@@ -305,7 +305,9 @@ def _leaf_synsets(meta: bytes, label: str) -> dict[int, tuple[str, str]]:
     try:
         from scipy.io import loadmat
     except ImportError as e:
-        raise MissingDependencyError(f"reading {label} needs scipy: pip install 'scnet[imagenet]'", name="scipy") from e
+        raise MissingDependencyError(
+            f"reading {label} needs scipy: pip install 'scnet-pytorch[imagenet]'", name="scipy"
+        ) from e
     try:
         synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
     except KeyError:

@@ -163,14 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         "speed runs (the labels mean nothing).",
     )
     parser.add_argument("--out", required=True, help="output folder; must be missing or empty")
-    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--classes", type=int, default=10, help="number of class folders (default 10)")
     parser.add_argument("--per-class", type=int, default=100, help="training images per class")
-    parser.add_argument("--val-per-class", type=int, default=10)
+    parser.add_argument("--val-per-class", type=int, default=10, help="validation images per class (default 10)")
     parser.add_argument("--size", type=_size, default=(500, 375), help="WIDTHxHEIGHT; half the images are turned")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the drawing's seed: the same seed, the same images")
     parser.add_argument("--workers", type=int, default=None, help="processes drawing images (default: all cores)")
-    parser.add_argument("--json", help="also write the manifest here")
+    parser.add_argument("--json", metavar="FILE", help="also write the manifest here as JSON")
     return parser
 
 

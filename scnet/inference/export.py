@@ -50,7 +50,7 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "timm": (1e-6, 1e-6),
 }
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # the check runs another batch size than the export saw: a dynamic batch
-ONNX_INSTALL_HINT = "ONNX export needs onnx and onnxscript: pip install 'scnet[export]'"
+ONNX_INSTALL_HINT = "ONNX export needs onnx and onnxscript: pip install 'scnet-pytorch[export]'"
 TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"  # the names timm's local-dir reader looks for
 # pretrained_cfg keys that describe a registered model's published weights (where they come from, their
 # licence, labels and test-time settings): not this export's, whose own settings replace them.

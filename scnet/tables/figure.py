@@ -1,7 +1,7 @@
 """The table as a figure: top-1 against GMACs (measured and published points, one colour per family) and, beside
 it, each row's gain over its baseline (measured, with its spread over seeds, and published).
 
-matplotlib is an optional extra (``pip install 'scnet[plot]'``): only this figure needs it.
+matplotlib is an optional extra (``pip install 'scnet-pytorch[plot]'``): only this figure needs it.
 """
 
 from __future__ import annotations

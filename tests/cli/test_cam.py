@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -166,12 +167,12 @@ def _expected_top(files) -> tuple[int, float]:
 
 def test_cli_writes_the_figure(files, tmp_path, capsys):
     require_extra("plot", "matplotlib")  # the figure is the command's output
-    out_png = tmp_path / "figs" / "cam.png"
+    out_png, record = tmp_path / "figs" / "cam.png", tmp_path / "cam.json"
     code, out, err = _run(
         capsys,
-        *("--checkpoint", files["scnet"], "--checkpoint", files["resnet"]),
-        *("--model", "auto", "--model", "resnet50", "--image", files["image"]),
-        *("--image-size", SIZE, "--out", out_png),
+        *("--checkpoint", files["scnet"], files["resnet"]),  # a list: space-separated (or the option repeated)
+        *("--model", "auto,resnet50", "--image", files["image"]),  # names: comma-separated too
+        *("--image-size", SIZE, "--out", out_png, "--json", record),
     )
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -179,6 +180,10 @@ def test_cli_writes_the_figure(files, tmp_path, capsys):
     index, prob = _expected_top(files)
     assert lines[0] == f"scnet50 ({files['scnet'].name}): layer4, {index}: {CLASSES[index]}, p={prob:.3f}"
     assert lines[1].startswith(f"resnet50 ({files['resnet'].name}): layer4, class ")
+    written = json.loads(record.read_text())  # --json FILE: each panel's numbers, as printed
+    assert written["figure"] == str(out_png) and [p["model"] for p in written["panels"]] == ["scnet50", "resnet50"]
+    assert (written["panels"][0]["class"], written["panels"][0]["layer"]) == (index, "layer4")
+    assert f"{written['panels'][0]['probability']:.3f}" == f"{prob:.3f}"
     with Image.open(out_png) as png:
         assert png.format == "PNG" and png.width > 2 * png.height
     assert _panels(out_png) == 3
@@ -234,11 +239,10 @@ def test_cli_bad_input(files, tmp_path, capsys):
     assert code == 2
     _one_line_error(err, str(files["resnet"]), "--model")
     code, _, err = _run(
-        capsys, "--checkpoint", files["scnet"], "--checkpoint", files["resnet"], *base, "--model", "a", "--model", "b",
-        "--model", "c",
-    )  # fmt: skip
+        capsys, "--checkpoint", files["scnet"], "--checkpoint", files["resnet"], *base, "--model", "a,b", "--model", "c"
+    )
     assert code == 2
-    _one_line_error(err, "--model given 3 times for 2 checkpoints")
+    _one_line_error(err, "--model names 3 architectures for 2 checkpoints")
     assert not out_png.exists()
 
 
@@ -252,5 +256,5 @@ def test_missing_matplotlib_says_how_to_install(files, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 2, proc.stderr
-    _one_line_error(proc.stderr, "pip install 'scnet[plot]'")
+    _one_line_error(proc.stderr, "pip install 'scnet-pytorch[plot]'")
     assert not out_png.exists()

@@ -87,10 +87,16 @@ def _reported_diff(out: str) -> float:
 
 
 def test_safetensors(files, reference, tmp_path, capsys):
-    out_file = tmp_path / "scnet50.safetensors"
-    code, out, err = _run(capsys, "--checkpoint", files["training"], "--format", "safetensors", "--out", out_file)
+    out_file, record = tmp_path / "scnet50.safetensors", tmp_path / "json" / "export.json"
+    argv = ("--checkpoint", files["training"], "--format", "safetensors", "--out", out_file, "--json", record)
+    code, out, err = _run(capsys, *argv)
     assert code == 0, err
     assert _reported_diff(out) == 0.0 and out.rstrip().endswith(": ok")
+    # --json FILE: what was written and the check's numbers, as printed.
+    written = json.loads(record.read_text())
+    assert (written["model"], written["format"], written["path"]) == ("scnet50", "safetensors", str(out_file))
+    assert written["files"] == [str(out_file)] and written["bytes"] == out_file.stat().st_size
+    assert written["max_abs_diff"] == 0.0 and written["passed"] is True and written["image_size"] == SIZE
     # The tensors are the checkpoint's, bit for bit; the metadata says how to build their function.
     saved = torch.load(files["training"], weights_only=True)["model"]
     tensors = load_file(str(out_file))
@@ -256,5 +262,5 @@ def test_missing_onnx_packages_say_how_to_install(files, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 2, proc.stderr
-    _one_line_error(proc.stderr, "pip install 'scnet[export]'", "onnxscript")
+    _one_line_error(proc.stderr, "pip install 'scnet-pytorch[export]'", "onnxscript")
     assert not (tmp_path / "m.onnx").exists()

@@ -403,4 +403,4 @@ def test_without_scipy_says_what_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # as if scipy were not installed: its import fails
     assert data_main(["prepare-imagenet", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install 'scnet[imagenet]'" in err, err
+    assert err.count("\n") == 1 and "pip install 'scnet-pytorch[imagenet]'" in err, err

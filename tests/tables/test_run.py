@@ -171,7 +171,7 @@ def test_run_with_seeds_is_resumable_and_reports_what_scnet_eval_prints(demo, tm
     if has_module("matplotlib"):
         assert (out / "backbones.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
-        assert "pip install 'scnet[plot]'" in shown.err and not (out / "backbones.png").exists()
+        assert "pip install 'scnet-pytorch[plot]'" in shown.err and not (out / "backbones.png").exists()
 
 
 @pytest.mark.slow
@@ -193,16 +193,17 @@ def test_show_watches_a_partial_run_and_says_how_to_get_matplotlib(tmp_path):
         "from scnet.cli.table import main; sys.exit(main(sys.argv[1:]))"
     )
     shown = subprocess.run(
-        [sys.executable, "-c", code, "show", "backbones", "--out", str(tmp_path)],
+        [sys.executable, "-c", code, "show", "backbones", "--out", str(tmp_path), "--json", str(tmp_path / "t.json")],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     assert "| scnet50 | scnet50 |" in shown.stdout and "training: epoch 3/100, val top-1 41.50" in shown.stdout
-    assert "pip install 'scnet[plot]'" in shown.stderr and not (tmp_path / "backbones.png").exists()
+    assert "pip install 'scnet-pytorch[plot]'" in shown.stderr and not (tmp_path / "backbones.png").exists()
     records = json.loads((tmp_path / "backbones.json").read_text())
     assert next(r for r in records if r["row"] == "scnet50")["top1"] is None  # no number before an evaluation
+    assert json.loads((tmp_path / "t.json").read_text()) == records  # --json FILE: the same records
 
 
 def _evaluated_run(out: Path, row: str, seed: int, top1: float, images: int) -> dict:
