@@ -131,13 +131,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"optim.lr=0.2"`` -> ``("optim.lr", 0.2)``: the value as YAML, or as raw text for string keys.
 
     String keys keep the text as typed when YAML would read it as something else, so ``output_dir=1.10``
-    stays ``"1.10"`` and ``data.root=a:b`` stays a path; ``null`` still clears an optional string.
+    stays ``"1.10"`` and ``data.root=a:b`` stays a path; ``null`` still clears an optional string. A key that
+    takes a bool as well as a string (``model.pretrained``) reads ``true``/``false`` and numbers as YAML does, so
+    that ``true`` is true and a number is refused as the same value in a file would be.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(text, "an override is key=value, e.g. optim.lr=0.2", COMMAND_LINE)
-    takes_str = _accepts_str(_leaf_types().get(key))
+    tp = _leaf_types().get(key)
+    takes_str = _accepts(tp, str)
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -146,7 +149,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         problem = getattr(exc, "problem", None) or exc
         raise ConfigError(key, f"cannot read {raw!r} as YAML ({problem})", COMMAND_LINE) from None
     if takes_str and value is not None and not isinstance(value, str):
-        return key, raw.strip()
+        if not (_accepts(tp, bool) and isinstance(value, (bool, int, float))):
+            return key, raw.strip()
     return key, value
 
 
@@ -345,7 +349,8 @@ def coerce_value(value: Any, tp: Any, key: str = "", source: str = "default") ->
 
     int -> float is a promotion; float -> int, bool <-> number and str -> number are errors (except a
     number-shaped string for a float, see ``_NUMBER``); a str key takes any scalar; Optional takes
-    null/none; tuples and lists check their length and element types and also take ``"0.25,1"``.
+    null/none; tuples and lists check their length and element types and also take ``"0.25,1"``; a list of
+    strings takes one string as a list of one.
     """
     try:
         return _coerce(value, tp)
@@ -359,6 +364,9 @@ def _coerce(value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)):
             return None
+        if bool in args and str in args and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # True or a path (model.pretrained): 1 is not true here, and a file named 1 is written "1".
+            raise _Mismatch("a number is neither true/false nor a path (a file named with digits is ./NAME)")
         for arg in args:
             if arg is type(None):
                 continue
@@ -377,6 +385,8 @@ def _coerce(value: Any, tp: Any) -> Any:
                 value = [yaml.safe_load(part) for part in value.split(",")]
             except yaml.YAMLError:
                 raise _Mismatch("") from None
+        elif isinstance(value, str) and origin is list and args[0] is str:
+            value = [value]  # one name for a list of names: model.freeze=stem
         if not isinstance(value, (list, tuple)):
             raise _Mismatch("")
         if origin is tuple:
@@ -409,9 +419,9 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported schema type {tp!r}")  # a schema bug, not a user error
 
 
-def _accepts_str(tp: Any) -> bool:
-    """True for ``str`` and ``str | None`` (not for Literal choices, which YAML reads as strings anyway)."""
-    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+def _accepts(tp: Any, cls: type) -> bool:
+    """Whether the schema type ``tp`` is ``cls`` or a union with it (``str | None``; not a Literal of strings)."""
+    return tp is cls or (typing.get_origin(tp) in (typing.Union, types.UnionType) and cls in typing.get_args(tp))
 
 
 def _show_value(value: Any, limit: int = 60) -> str:

@@ -11,6 +11,7 @@ This module only declares and checks; reading YAML and command-line overrides is
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -28,6 +29,10 @@ AmpMode = Literal["none", "bf16", "fp16"]
 Interpolation = Literal["bilinear", "bicubic"]
 PoolType = Literal["avg", "max"]
 Upsample = Literal["nearest", "bilinear"]
+Auto = Literal["auto"]
+
+# What model.freeze can name in the zoo's models (SC models and their timm ResNet baselines), in network order.
+FREEZABLE = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 class ConfigError(ValueError):
@@ -68,11 +73,25 @@ class ModelConfig:
         "model name, one of scnet.list_models() (SC models and their timm baselines); with convert_sc, any timm "
         "model that is not an SC model",
     )
-    num_classes: int = _key(1000, "classifier outputs; a pretrained file with another count loads all but the head")
-    pretrained: str | None = _key(
+    num_classes: int | Auto = _key(
+        1000,
+        "classifier outputs; auto = the training split's number of class folders, counted at start (the run's "
+        "config.yaml and checkpoints hold the number); a pretrained file with another count loads all but the head",
+    )
+    pretrained: bool | str | None = _key(
         None,
-        "local weights file to start from (a .pth of the release, .safetensors, or a scnet checkpoint); "
-        "null = random init",
+        "weights to start from: true = the original release's for model.name (scnet50, scnet50_v1d, scnet101), "
+        "downloaded once into torch.hub's cache ($TORCH_HOME/hub/checkpoints) and checked against the hash in "
+        "the file name; or a local weights file (a .pth of the release, .safetensors, or a scnet checkpoint); "
+        "null or false = random init",
+    )
+    freeze: list[str] = _key(
+        [],
+        "parts of the network not trained, e.g. [stem, layer1]: stem (conv1, bn1) and the stages layer1-layer4 "
+        "(any timm model's stem and top-level modules with model.convert_sc); their parameters get no gradient "
+        "and no optimizer state, their BatchNorms normalise with the loaded running statistics and never update "
+        "them (eval mode, as torchvision's and timm's frozen-BN fine-tuning); the classifier always trains; "
+        "[] = train everything",
     )
     drop_path_rate: float = _key(
         0.0, "stochastic depth rate of the last block (linearly increasing over blocks); 0 = off"
@@ -165,6 +184,17 @@ class OptimConfig:
     nesterov: bool = _key(False, "Nesterov momentum (SGD only; fb.resnet.torch uses it)")
     weight_decay: float = _key(1e-4, "L2 weight decay (adamw: decoupled)")
     no_decay_norm_bias: bool = _key(False, "exclude normalisation weights and all biases from weight decay")
+    backbone_lr_scale: float = _key(
+        1.0,
+        "lr multiplier of every parameter but the classifier's (e.g. 0.1 to refine pretrained features while "
+        "the new head learns at the full lr); the schedule (warm-up, decay, min_lr) scales each group alike",
+    )
+    layer_decay: float | None = _key(
+        None,
+        "timm's layer-wise lr decay: a parameter's lr is multiplied by layer_decay ** (its depth from the head, "
+        "counted in blocks by the model's group_matcher: head 1, last block layer_decay, ..., stem the least); "
+        "multiplies with backbone_lr_scale; null = off",
+    )
     clip_grad: float | None = _key(None, "clip the global gradient norm to this value; null = no clipping")
 
 
@@ -323,6 +353,19 @@ def describe() -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def _freeze_problem(m: ModelConfig) -> str | None:
+    """What is wrong with ``model.freeze``: a part named twice, or one the zoo's models do not have (a timm model
+    converted with ``convert_sc`` has its own parts, checked when it is built)."""
+    if len(set(m.freeze)) != len(m.freeze):
+        return f"names a part twice: {m.freeze}"
+    unknown = [] if m.convert_sc else [part for part in m.freeze if part not in FREEZABLE]
+    if not unknown:
+        return None
+    close = difflib.get_close_matches(unknown[0], FREEZABLE, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(FREEZABLE)}"
+    return f"{m.name} has no part {unknown[0]!r}; {hint}"
+
+
 def check(cfg: Config) -> list[tuple[str, str]]:
     """Semantic problems of a well-typed config, as ``(dotted key, problem)``; empty when valid.
 
@@ -339,7 +382,11 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     m, d, o, s, t = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.train
     need(bool(cfg.output_dir.strip()), "output_dir", "must not be empty")
     need(bool(m.name.strip()), "model.name", "must not be empty")
-    need(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
+    need(
+        m.num_classes == "auto" or m.num_classes >= 1, "model.num_classes", f"must be >= 1 or auto, got {m.num_classes}"
+    )
+    freeze_problem = _freeze_problem(m)
+    need(freeze_problem is None, "model.freeze", freeze_problem or "")
     need(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", f"must be in [0, 1), got {m.drop_path_rate}")
     need(m.pooling_r >= 1, "model.pooling_r", f"must be >= 1, got {m.pooling_r}")
 
@@ -368,6 +415,16 @@ def check(cfg: Config) -> list[tuple[str, str]]:
     # torch.optim.SGD rejects nesterov without momentum; say so at load time, not after the model is built.
     need(not (o.nesterov and o.momentum == 0.0), "optim.nesterov", "needs optim.momentum > 0")
     need(o.clip_grad is None or o.clip_grad > 0.0, "optim.clip_grad", f"must be > 0 or null, got {o.clip_grad}")
+    need(
+        o.backbone_lr_scale > 0.0,
+        "optim.backbone_lr_scale",
+        f"must be > 0 (model.freeze stops parts from training), got {o.backbone_lr_scale}",
+    )
+    need(
+        o.layer_decay is None or 0.0 < o.layer_decay <= 1.0,
+        "optim.layer_decay",
+        f"must be in (0, 1] or null, got {o.layer_decay}",
+    )
 
     increasing = all(a < b for a, b in zip(s.milestones[:-1], s.milestones[1:], strict=True))
     need(

@@ -176,6 +176,8 @@ def _num_classes(path: Path, configured: object, state_dict: dict[str, torch.Ten
     built with another count would keep a fresh head (fine-tuning), never wanted when evaluating."""
     weight = state_dict.get(f"{head}.weight")
     rows = int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+    if configured == "auto":  # scnet-train saves the count it resolved; "auto" says only that the head tells
+        configured = None
     if configured is not None and rows is not None and configured != rows:
         raise CheckpointError(f"{path}: its config says {configured} classes but its classifier has {rows}")
     num_classes = rows if rows is not None else configured

@@ -2,6 +2,8 @@
 
 # No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
 # and TorchScript must be able to read them there (a traced SC model can be scripted).
+from collections.abc import Callable
+
 import torch
 import torch.fx
 from torch import nn
@@ -31,8 +33,16 @@ torch.fx.wrap("check_feature_size")
 torch.fx.wrap("upsample_like")
 
 
-def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
-    """3x3 convolution followed by BatchNorm, indexed ``0`` and ``1`` as in the original release."""
+def conv_bn(
+    in_chs: int,
+    out_chs: int,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+) -> nn.Sequential:
+    """3x3 convolution followed by BatchNorm (or ``norm_layer(out_chs)``), indexed ``0`` and ``1`` as in the
+    original release."""
     return nn.Sequential(
         nn.Conv2d(
             in_chs,
@@ -44,7 +54,7 @@ def conv_bn(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, group
             groups=groups,
             bias=False,
         ),
-        nn.BatchNorm2d(out_chs),
+        norm_layer(out_chs),
     )
 
 
@@ -72,6 +82,9 @@ class SCConv(SelfCalibrated):
             covers; an average divides by their number.
         calib_identity: ``sigmoid(x + up(...))`` (True) or ``sigmoid(up(...))`` (False).
         upsample: ``"nearest"`` or ``"bilinear"`` (with ``align_corners=False``) up-sampling of ``k2``'s output.
+        norm_layer: the normalisation after each conv, called with the channel count (``nn.BatchNorm2d``;
+            e.g. torchvision's ``FrozenBatchNorm2d`` for detection). Any other than a training-mode stock
+            ``BatchNorm2d`` runs the plain layers (``dispatch.py``).
 
     Raises:
         ValueError: an option outside its allowed values.
@@ -89,6 +102,7 @@ class SCConv(SelfCalibrated):
         pool_ceil_mode: bool = False,
         calib_identity: bool = True,
         upsample: str = "nearest",
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         check_calibration_options(pooling_r, pool_type, pool_ceil_mode, calib_identity, upsample)
@@ -108,9 +122,9 @@ class SCConv(SelfCalibrated):
             else nn.AvgPool2d(pooling_r, pooling_r, ceil_mode=pool_ceil_mode, count_include_pad=not pool_ceil_mode)
         )
         # The pool is k2's parameter-free index 0, so the state_dict is the same for every option.
-        self.k2 = nn.Sequential(pool, *conv_bn(chs, chs, 1, dilation, groups))
-        self.k3 = conv_bn(chs, chs, 1, dilation, groups)
-        self.k4 = conv_bn(chs, chs, stride, dilation, groups)
+        self.k2 = nn.Sequential(pool, *conv_bn(chs, chs, 1, dilation, groups, norm_layer))
+        self.k3 = conv_bn(chs, chs, 1, dilation, groups, norm_layer)
+        self.k4 = conv_bn(chs, chs, stride, dilation, groups, norm_layer)
         # Train with the lean kernels where they apply (see lean.py); False runs the plain layers.
         self.fused = True
         # On CUDA, the fused Triton calibration (triton_ops.py) where it applies; False keeps the lean kernel.

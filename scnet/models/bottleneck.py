@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
 # and TorchScript must be able to read them there (a traced SC model can be scripted).
+from collections.abc import Callable
 from typing import Final
 
 import torch
@@ -22,7 +23,8 @@ class SCBottleneck(SelfCalibrated):
     its checkpoints load unmodified. ``width`` is the width a plain bottleneck would have; each
     branch gets half of it, which keeps params and MACs at or below the plain block's. ``pooling_r``,
     ``min_input_size``, ``pool_type``, ``pool_ceil_mode``, ``calib_identity`` and ``upsample`` go to the
-    :class:`SCConv`.
+    :class:`SCConv`; ``norm_layer`` (called with a channel count, ``nn.BatchNorm2d`` by default) builds every norm of
+    the block, the SCConv's included. The state_dict's names are the same for any norm layer.
     """
 
     expansion = 4
@@ -49,19 +51,20 @@ class SCBottleneck(SelfCalibrated):
         pool_ceil_mode: bool = False,
         calib_identity: bool = True,
         upsample: str = "nearest",
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * cardinality
         half = width // 2
         out_chs = planes * self.expansion
         self.conv1_a = nn.Conv2d(in_chs, half, 1, bias=False)
-        self.bn1_a = nn.BatchNorm2d(half)
+        self.bn1_a = norm_layer(half)
         self.conv1_b = nn.Conv2d(in_chs, half, 1, bias=False)
-        self.bn1_b = nn.BatchNorm2d(half)
+        self.bn1_b = norm_layer(half)
         # v1d ("avd"): the 3x3s keep full resolution and a 3x3 average pool does the striding.
         self.avd_layer = nn.AvgPool2d(3, stride, padding=1) if avd else None
         conv_stride = 1 if avd else stride
-        self.k1 = conv_bn(half, half, conv_stride, dilation, cardinality)
+        self.k1 = conv_bn(half, half, conv_stride, dilation, cardinality, norm_layer)
         self.scconv = SCConv(
             half,
             conv_stride,
@@ -73,9 +76,10 @@ class SCBottleneck(SelfCalibrated):
             pool_ceil_mode=pool_ceil_mode,
             calib_identity=calib_identity,
             upsample=upsample,
+            norm_layer=norm_layer,
         )
         self.conv3 = nn.Conv2d(2 * half, out_chs, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.bn3 = norm_layer(out_chs)
         self.se = create_attn(attn_layer, out_chs) if attn_layer else None
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
+from timm.layers import get_norm_layer
 from timm.models import FeatureListNet
 from torch import nn
 
@@ -45,6 +48,25 @@ def _check_name(name: str, convert_sc: bool) -> None:
     close = difflib.get_close_matches(name, candidates, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; choose from {', '.join(known)}"
     raise ValueError(f"unknown model {name!r}{hint}")
+
+
+def _norm_layer_for_timm(norm_layer: Any) -> Callable[..., nn.Module]:
+    """``norm_layer`` as timm's ResNets call it: a name (``"frozenbatchnorm2d"``) becomes its class, and a class
+    without ``device``/``dtype`` arguments (torchvision's ``FrozenBatchNorm2d``), which timm passes to each norm,
+    is wrapped in a function that takes them."""
+    norm_layer = get_norm_layer(norm_layer)
+    try:
+        params = inspect.signature(norm_layer).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass it on as it is
+        return norm_layer
+    if any(p.name == "device" or p.kind is p.VAR_KEYWORD for p in params):
+        return norm_layer
+
+    def build(num_features: int, device: Any = None, dtype: Any = None, **kwargs: Any) -> nn.Module:
+        norm = norm_layer(num_features, **kwargs)
+        return norm.to(device=device, dtype=dtype) if device is not None or dtype is not None else norm
+
+    return build
 
 
 def _fits(model: nn.Module, path: str | os.PathLike) -> bool:
@@ -84,19 +106,25 @@ def _min_input_size(name: str, options: dict[str, Any], sc_options: dict[str, An
 def create_model(
     name: str,
     num_classes: int = 1000,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
     **overrides: Any,
 ) -> nn.Module:
-    """Build a zoo model, optionally loading weights from a local file.
+    """Build a zoo model, optionally with weights: the original release's (downloaded) or a local file's.
 
     Args:
         name: one of :func:`list_models`; with ``convert_sc=True`` any timm model instead (not an SC one).
         num_classes: classifier outputs. If it differs from the checkpoint's, the classifier is
             left freshly initialised and everything else is loaded (fine-tuning).
-        pretrained: path to weights: a published ``.pth`` file of the original release, a
-            ``.safetensors`` file, or one of this project's checkpoints. Nothing is downloaded.
+        pretrained: ``True``: the original release's weights for ``name`` (scnet50, scnet50_v1d, scnet101),
+            downloaded from the authors' URL on first use into torch.hub's cache (``$TORCH_HOME/hub/checkpoints``),
+            checked against the sha256 prefix in the file name (:func:`scnet.models.released_weights`; the
+            environment variable ``SCNET_WEIGHTS_URL`` names a mirror folder instead). A path: a local
+            weights file, a published ``.pth`` file of the original release, a ``.safetensors`` file, or one of
+            this project's checkpoints. ``None`` or ``False``: fresh initialisation.
         **overrides: model options, e.g. ``drop_path_rate=0.1``, ``zero_init_last=True``,
-            ``output_stride=16``, ``features_only=True, out_indices=(1, 2, 3, 4)``. SC models also take
+            ``output_stride=16``, ``features_only=True, out_indices=(1, 2, 3, 4)``,
+            ``norm_layer=torchvision.ops.FrozenBatchNorm2d`` (every model: the norm of each layer, a class or a
+            name timm knows; the state_dict keeps its names). SC models also take
             the options of SCConv's calibration ``sigmoid(x + up(k2(pool_r(x))))``, whose defaults are the
             release's: ``pooling_r=4`` (the factor r), ``pool_type="avg"`` (or ``"max"``),
             ``pool_ceil_mode=False`` (True: the pool rounds up, so a map smaller than r, such as the 7x7
@@ -120,23 +148,29 @@ def create_model(
         ValueError: unknown ``name`` (with the closest names suggested), a timm name outside the zoo without
             ``convert_sc``, ``convert_sc`` on an SC model, an SCConv option on a model that is neither an SC
             model nor converted, or an invalid SCConv option (e.g. ``pool_type="min"``, ``upsample="bicubic"``,
-            ``pooling_r=0``).
-        CheckpointError: unreadable ``pretrained`` file, or one of another architecture.
+            ``pooling_r=0``), ``pretrained=True`` for a name without released weights.
+        CheckpointError: unreadable ``pretrained`` file, or one of another architecture;
+            ``scnet.models.download.DownloadError`` (a CheckpointError) when the download fails or its hash
+            differs.
     """
     convert_sc = overrides.pop("convert_sc", False)
     if not isinstance(convert_sc, bool):
         raise ValueError(f"convert_sc must be True or False, got {convert_sc!r}")
     _check_name(name, convert_sc)
-    if isinstance(pretrained, bool):
-        raise ValueError("pretrained= takes the path of a local weights file; nothing is downloaded")
     sc_options: dict[str, Any] = {}
     if name not in zoo.SC_MODELS:
         sc_options = {k: overrides.pop(k) for k in SC_OPTION_KEYS if k in overrides}
         if sc_options and not convert_sc:
             key = next(iter(sc_options))
             raise ValueError(f"{key} is an SCConv option, and {name} is not an SC model (convert_sc=True makes it one)")
+    if "norm_layer" in overrides and name not in zoo.SC_MODELS:
+        overrides["norm_layer"] = _norm_layer_for_timm(overrides["norm_layer"])
     features_only = overrides.pop("features_only", False)
     out_indices = overrides.pop("out_indices", (0, 1, 2, 3, 4))
+    if pretrained is True:  # after the checks: a bad argument fails before a download
+        pretrained = zoo.released_weights(name)  # then loaded as any local file is
+    elif pretrained is False:
+        pretrained = None
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
     if convert_sc:
         loaded = pretrained is not None and _fits(model, pretrained)

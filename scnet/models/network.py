@@ -2,11 +2,11 @@
 
 # No `from __future__ import annotations`: FX copies forward()'s annotations into the code it generates,
 # and TorchScript must be able to read them there (a traced SC model can be scripted).
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.fx
-from timm.layers import create_classifier
+from timm.layers import create_classifier, get_norm_layer
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
@@ -38,27 +38,29 @@ def check_input_size(x: torch.Tensor, min_input_size: int, pooling_r: int) -> to
 torch.fx.wrap("check_input_size")
 
 
-def _stem(deep_stem: bool, stem_width: int) -> nn.Module:
+def _stem(deep_stem: bool, stem_width: int, norm_layer: Callable[[int], nn.Module]) -> nn.Module:
     """7x7/2 conv (v1), or three 3x3 convs (v1d) whose last BN is the network's ``bn1``."""
     if not deep_stem:
         return nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
     return nn.Sequential(
         nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(stem_width),
+        norm_layer(stem_width),
         nn.ReLU(inplace=True),
         nn.Conv2d(stem_width, stem_width, 3, padding=1, bias=False),
-        nn.BatchNorm2d(stem_width),
+        norm_layer(stem_width),
         nn.ReLU(inplace=True),
         nn.Conv2d(stem_width, stem_width * 2, 3, padding=1, bias=False),
     )
 
 
-def _downsample(in_chs: int, out_chs: int, stride: int, avg_down: bool) -> nn.Sequential:
+def _downsample(
+    in_chs: int, out_chs: int, stride: int, avg_down: bool, norm_layer: Callable[[int], nn.Module]
+) -> nn.Sequential:
     """Shortcut projection: strided 1x1 (v1), or average pool then 1x1 (v1d, ``downsample.1``)."""
     if not avg_down:
-        return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs))
+        return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), norm_layer(out_chs))
     pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-    return nn.Sequential(pool, nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+    return nn.Sequential(pool, nn.Conv2d(in_chs, out_chs, 1, bias=False), norm_layer(out_chs))
 
 
 class SCNet(nn.Module):
@@ -94,6 +96,11 @@ class SCNet(nn.Module):
             ``sigmoid(up(k2(pool(x))))`` (False).
         upsample: up-sampling of ``k2``'s output, ``"nearest"`` (the release's code) or ``"bilinear"``
             (the paper's text; ``align_corners=False``, PyTorch's default).
+        norm_layer: every normalisation layer of the network, called with its channel count: a class such as
+            ``nn.BatchNorm2d`` (the default) or torchvision's ``FrozenBatchNorm2d`` (detection), or a name timm
+            knows (``"frozenbatchnorm2d"``). The state_dict's names stay the release's (a frozen BN has no
+            ``num_batches_tracked``: :func:`~scnet.models.load_weights` drops the file's counters). Blocks whose
+            norms are not training-mode stock BatchNorm2d run the plain layers, not the fused kernels.
 
     None of the SCConv options changes the parameters or the state_dict. They change the smallest input
     the network accepts, :attr:`min_input_size`: ``(r - 1) * output_stride + 1`` px when the pool floors
@@ -125,9 +132,11 @@ class SCNet(nn.Module):
         pool_ceil_mode: bool = False,
         calib_identity: bool = True,
         upsample: str = "nearest",
+        norm_layer: str | Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         check_calibration_options(pooling_r, pool_type, pool_ceil_mode, calib_identity, upsample)
+        norm_layer = get_norm_layer(norm_layer)  # a class, or a timm name such as "frozenbatchnorm2d"
         if in_chans != 3:
             raise ValueError(f"SCNet takes 3-channel images, got in_chans={in_chans}")
         if output_stride not in (8, 16, 32):
@@ -141,8 +150,8 @@ class SCNet(nn.Module):
         self.pooling_r = pooling_r
 
         stem_chs = stem_width * 2 if deep_stem else 64
-        self.conv1 = _stem(deep_stem, stem_width)
-        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.conv1 = _stem(deep_stem, stem_width, norm_layer)
+        self.bn1 = norm_layer(stem_chs)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info = [dict(num_chs=stem_chs, reduction=2, module="relu")]
@@ -168,7 +177,7 @@ class SCNet(nn.Module):
                         planes,
                         stride=stride if first else 1,
                         downsample=(
-                            _downsample(in_chs, out_chs, stride, avg_down)
+                            _downsample(in_chs, out_chs, stride, avg_down, norm_layer)
                             if first and (stride != 1 or in_chs != out_chs)
                             else None
                         ),
@@ -186,6 +195,7 @@ class SCNet(nn.Module):
                         pool_ceil_mode=pool_ceil_mode,
                         calib_identity=calib_identity,
                         upsample=upsample,
+                        norm_layer=norm_layer,
                     )
                 )
                 in_chs = out_chs

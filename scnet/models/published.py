@@ -29,6 +29,8 @@ class Source:
     title: str
     protocol: str
     url: str | None = None
+    # The folder (URL ending in /) that the source's checkpoint files are published under.
+    weights_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def published_numbers() -> dict[str, Published]:
     path = PATH
     data = read_mapping(path)
     sources = {
-        key: Source(key, s["title"], " ".join(str(s.get("protocol", "")).split()), s.get("url"))
+        key: Source(key, s["title"], " ".join(str(s.get("protocol", "")).split()), s.get("url"), s.get("weights_url"))
         for key, s in data["sources"].items()
     }
     fields = {"source", "top1", "top5", "top1_err", "top5_err", "params_m", "madds_g", "checkpoint", "counted"}

@@ -93,14 +93,30 @@ def head_report(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str
     return f"{path}: not loaded into {arch}: {', '.join(skipped)} ({why}); the other {loaded} tensors were loaded"
 
 
+COUNTER = "num_batches_tracked"
+
+
+def drop_counters(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without the BN batch counters that ``model`` has no place for: a frozen BN (torchvision's
+    ``FrozenBatchNorm2d``, as detection backbones use) keeps the statistics but not the counter, which only a
+    training-mode BN reads."""
+    own = model.state_dict()
+    return {
+        k: v
+        for k, v in state_dict.items()
+        if not (k.endswith(f".{COUNTER}") and k not in own and k.removesuffix(COUNTER) + "running_mean" in own)
+    }
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False, quiet: bool = False) -> nn.Module:
     """Load the checkpoint at ``path`` into ``model`` strictly; return ``model``.
 
     If only the classifier differs (fine-tuning from 1000 to N classes, or ``num_classes=0``), the
     model keeps its own classifier and every other tensor is loaded; unless ``quiet``, one line on stderr
-    (rank 0 of a multi-process run) names the tensors left out and why (:func:`head_report`).
+    (rank 0 of a multi-process run) names the tensors left out and why (:func:`head_report`). BN batch counters
+    are left out where the model's norms have none (frozen BNs, :func:`drop_counters`).
     """
-    state_dict = read_state_dict(path, use_ema=use_ema)
+    state_dict = drop_counters(model, read_state_dict(path, use_ema=use_ema))
     head_prefix = ""
     head_name = getattr(model, "pretrained_cfg", {}).get("classifier")
     if head_name:

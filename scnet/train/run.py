@@ -19,7 +19,7 @@ from .log import RunLog
 from .loop import Loop
 from .manager import CheckpointManager
 from .output import BEST, LAST, OutputDir
-from .setup import build_data, build_state, seed
+from .setup import build_data, build_state, seed, with_class_count
 from .stops import NonFiniteGuard, Preempted
 
 
@@ -50,6 +50,8 @@ def _run(cfg: Config, resume: str | None, info: DistInfo, out: OutputDir) -> dic
     source = checkpoints.resume_source(resume)  # RunError: a named file missing, or another run in out
     seed(cfg, info)  # before anything draws a random number
     data = build_data(cfg, info)  # splits, classes, the training stream, the val loader
+    # model.num_classes: auto becomes the training split's count: what the head, config.yaml and checkpoints hold.
+    cfg = checkpoints.cfg = with_class_count(cfg, data.classes)
     state = build_state(cfg, info, data)  # model, optimizer, schedule, mixup, loss, scaler, EMA, DDP, compile
     resumed = checkpoints.restore(state, source) if source is not None else None
     if info.is_main:

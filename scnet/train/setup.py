@@ -3,14 +3,16 @@ the model, optimizer, schedule, loss, scaler, EMA, DDP and compile."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -23,7 +25,8 @@ from ..data.device import DevicePreprocess, build_mixup
 from ..data.loader import build_dataset, build_eval_loader, build_loader
 from ..data.stream import TrainStream
 from ..data.transforms import eval_transform, train_transform
-from ..models import create_model
+from ..models import create_model, released_weights
+from ..models.freeze import freeze
 from ..models.options import model_options
 from ..runtime.distributed import DistInfo
 from ..runtime.seeding import seed_process, use_autotuned_kernels, use_deterministic_kernels
@@ -50,24 +53,30 @@ class TrainData:
     classes: list[str]
 
 
+def _rank_0_first(info: DistInfo, action: Callable[[], object]) -> None:
+    """Run ``action`` in rank 0 alone, before the other ranks go on, and share its outcome: when it fails, every
+    rank raises rank 0's line as a RunError (and none waits forever)."""
+    error = None
+    if info.is_main:
+        try:
+            action()
+        except (ValueError, OSError) as e:
+            error = str(e)
+    if info.world_size > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)  # also the barrier after the action
+        error = shared[0]
+    if error is not None:
+        raise RunError(error)
+
+
 def _resolve_data_root(cfg: Config, info: DistInfo) -> Path:
     """The folder ``data.root`` names; the built-in demo set is drawn (once, by rank 0) when asked for.
 
     Rank 0 resolves first and shares its outcome, so that every rank fails with the same line (and none
     waits forever) when the root is missing or cannot be drawn.
     """
-    error = None
-    if info.is_main:
-        try:
-            resolve_root(cfg.data.root, draw=True)
-        except (ValueError, OSError) as e:
-            error = str(e)
-    if info.world_size > 1:
-        shared = [error]
-        dist.broadcast_object_list(shared, src=0)  # also the barrier after the drawing
-        error = shared[0]
-    if error is not None:
-        raise RunError(error)
+    _rank_0_first(info, lambda: resolve_root(cfg.data.root, draw=True))
     root = resolve_root(cfg.data.root)
     if info.is_main and cfg.data.root == DEMO:
         print(f"data.root=demo: the built-in demo set, at {root.resolve()}", file=sys.stderr)
@@ -92,9 +101,10 @@ def _datasets(cfg: Config, info: DistInfo) -> tuple[Dataset, Dataset, list[str]]
     train_bad, val_bad = ("raise", "raise") if d.strict else ("replace", "skip")
     train_ds = build_dataset(root, d.train_split, train_tf, bad_images=train_bad, seed=cfg.train.seed, shuffle=True)
     classes = list(train_ds.classes)
-    if len(classes) != cfg.model.num_classes:
+    if cfg.model.num_classes != "auto" and len(classes) != cfg.model.num_classes:
         raise RunError(
-            f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes"
+            f"model.num_classes={cfg.model.num_classes} but {root / d.train_split} has {len(classes)} classes "
+            "(model.num_classes=auto takes their number)"
         )
     val_ds = build_dataset(
         root,
@@ -125,6 +135,15 @@ def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
     )
 
 
+def with_class_count(cfg: Config, classes: list[str]) -> Config:
+    """``cfg`` with ``model.num_classes: auto`` replaced by the number of ``classes`` (the training split's): the
+    config that the run builds its head from and writes to config.yaml and its checkpoints, so that evaluation and
+    export rebuild the same model."""
+    if cfg.model.num_classes != "auto":
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)))
+
+
 def build_data(cfg: Config, info: DistInfo) -> TrainData:
     """The splits, their loaders and the device-side preprocessing; a RunError when a step cannot be made."""
     train_ds, val_ds, classes = _datasets(cfg, info)
@@ -150,6 +169,10 @@ def build_data(cfg: Config, info: DistInfo) -> TrainData:
 
 def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
     m = cfg.model
+    if m.pretrained is True:
+        # Rank 0 downloads the release's file into torch.hub's cache before the others look there: the ranks that
+        # share its cache read that copy (one download, not one a process); a failure stops every rank in one line.
+        _rank_0_first(info, lambda: released_weights(m.name))
     model = create_model(m.name, num_classes=m.num_classes, pretrained=m.pretrained, **model_options(m))
     minimum = getattr(model, "min_input_size", 0)
     if cfg.data.image_size < minimum:
@@ -159,8 +182,62 @@ def _build_model(cfg: Config, info: DistInfo) -> nn.Module:
         print(f"model.convert_sc: {report.summary()}", file=sys.stderr)
     if m.sync_bn and info.world_size > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if m.freeze:
+        _freeze(model, m.freeze, info)
     memory_format = torch.channels_last if m.channels_last else torch.contiguous_format
     return model.to(info.device, memory_format=memory_format)
+
+
+def _freeze(model: nn.Module, parts: list[str], info: DistInfo) -> None:
+    """``model.freeze``: after SyncBatchNorm's conversion, which would otherwise turn the frozen BNs back into
+    training ones; one line says what stays as loaded."""
+    try:
+        freeze(model, parts)
+    except ValueError as e:  # a part a timm model converted with model.convert_sc does not have
+        raise RunError(f"model.freeze: {e}") from None
+    if info.is_main:
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(
+            f"model.freeze: {', '.join(parts)}: {frozen:,} of {total:,} parameters frozen, their BatchNorm "
+            "statistics kept as loaded",
+            file=sys.stderr,
+        )
+
+
+def _param_groups(cfg: Config, model: nn.Module) -> nn.Module | list[dict]:
+    """What the optimizer updates: the model's trainable parameters, which timm groups as the recipes always had
+    them (one group, or decay and no-decay ones), or, with ``optim.backbone_lr_scale`` or ``optim.layer_decay``,
+    groups that carry timm's ``lr_scale``: the classifier's first (scale 1: its lr is the one logged), then the
+    backbone's (scale ``layer_decay ** depth * backbone_lr_scale``). timm's schedulers set each group's lr to the
+    schedule's value times its ``lr_scale``, warm-up and decay alike."""
+    o = cfg.optim
+    if o.layer_decay is None and o.backbone_lr_scale == 1.0:
+        return model
+    no_decay = getattr(model, "no_weight_decay", set)()
+    if o.layer_decay is not None:
+        groups = param_groups_layer_decay(
+            model,
+            o.weight_decay,
+            no_weight_decay_list=no_decay,
+            weight_decay_exclude_1d=o.no_decay_norm_bias,
+            layer_decay=o.layer_decay,
+        )
+    else:
+        groups = param_groups_weight_decay(
+            model, o.weight_decay, weight_decay_exclude_1d=o.no_decay_norm_bias, no_weight_decay_list=no_decay
+        )
+    head = {id(p) for p in model.get_classifier().parameters()}
+    heads, backbone = [], []
+    for group in groups:
+        scale = group.get("lr_scale", 1.0)
+        ours = [p for p in group["params"] if id(p) in head]
+        others = [p for p in group["params"] if id(p) not in head]
+        if ours:
+            heads.append({**group, "params": ours, "lr_scale": scale})
+        if others:
+            backbone.append({**group, "params": others, "lr_scale": scale * o.backbone_lr_scale})
+    return heads + backbone
 
 
 def _optimizer_and_schedule(cfg: Config, model: nn.Module, steps_per_epoch: int):
@@ -168,7 +245,7 @@ def _optimizer_and_schedule(cfg: Config, model: nn.Module, steps_per_epoch: int)
     # timm's "sgd" is Nesterov SGD; "momentum" is plain SGD with momentum (the PyTorch example's).
     opt_name = {"sgd": "sgd" if o.nesterov else "momentum", "adamw": "adamw"}[o.name]
     optimizer = create_optimizer_v2(
-        model,
+        _param_groups(cfg, model),
         opt=opt_name,
         lr=cfg.peak_lr,
         weight_decay=o.weight_decay,

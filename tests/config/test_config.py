@@ -267,6 +267,25 @@ def test_bad_override_type(override: str, expected: str):
     assert message.startswith(f"command line: {key}: ") and expected in message
 
 
+def test_pretrained_is_true_a_path_or_null(tmp_path: Path):
+    """model.pretrained: true (the release's weights, downloaded), a file, or null/false; nothing else."""
+    assert load_config(None, ["model.pretrained=true"]).model.pretrained is True
+    assert load_config(None, ["model.pretrained=false"]).model.pretrained is False
+    assert load_config(None, ["model.pretrained=runs/a/best.pth"]).model.pretrained == "runs/a/best.pth"
+    assert load_config(write(tmp_path, "t.yaml", "model: {pretrained: true}\n")).model.pretrained is True
+    assert (
+        load_config(write(tmp_path, "q.yaml", "model: {pretrained: '1'}\n")).model.pretrained == "1"
+    )  # quoted: a name
+    for override in ("model.pretrained=1", "model.pretrained=0.5"):
+        message = error_of(overrides=(override,))
+        assert message.startswith("command line: model.pretrained: expected bool | str | None, got ")
+        assert "neither true/false nor a path" in message
+    message = error_of(write(tmp_path, "n.yaml", "model: {pretrained: 1}\n"))
+    assert "n.yaml: model.pretrained: expected bool | str | None, got 1 (int)" in message
+    message = error_of(write(tmp_path, "l.yaml", "model: {pretrained: [a.pth]}\n"))
+    assert "l.yaml: model.pretrained: expected bool | str | None, got [a.pth] (list)" in message
+
+
 def test_unknown_keys_suggest_the_closest(tmp_path: Path):
     assert error_of(overrides=("optim.lrr=0.2",)) == "command line: optim.lrr: unknown key; did you mean optim.lr?"
     assert "did you mean train.epochs?" in error_of(overrides=("epochs=3",))
@@ -324,6 +343,34 @@ def test_yaml_file_values(tmp_path: Path):
 def test_semantic_checks(override: str):
     key = override.partition("=")[0]
     assert error_of(overrides=(override,)).startswith(f"command line: {key}: ")
+
+
+def test_fine_tuning_keys():
+    finetune = load_config(REPO_ROOT / "configs/finetune.yaml")
+    assert (finetune.model.num_classes, finetune.model.freeze, finetune.optim.backbone_lr_scale) == ("auto", [], 1.0)
+    cfg = load_config(None, ["model.freeze=[stem,layer1]", "optim.backbone_lr_scale=0.1", "optim.layer_decay=0.7"])
+    assert (cfg.model.freeze, cfg.optim.backbone_lr_scale, cfg.optim.layer_decay) == (["stem", "layer1"], 0.1, 0.7)
+    assert load_config(None, ["model.freeze=stem"]).model.freeze == ["stem"]  # one name: a list of one
+    assert load_config(None, ["model.freeze=stem,layer1"]).model.freeze == ["stem", "layer1"]
+    assert load_config(None, ["model.num_classes=7"]).model.num_classes == 7
+    # A converted timm model has parts of its own: checked when it is built.
+    assert load_config(None, ["model.name=vgg11", "model.convert_sc=true", "model.freeze=features"]).model.freeze
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.num_classes=aut", "model.num_classes: expected int | auto, got 'aut' (str)"),
+        ("model.num_classes=0", "model.num_classes: must be >= 1 or auto, got 0"),
+        ("model.freeze=[stem,layr1]", "model.freeze: scnet50 has no part 'layr1'; did you mean layer1?"),
+        ("model.freeze=[head]", "model.freeze: scnet50 has no part 'head'; choose from stem, layer1, layer2, layer3"),
+        ("model.freeze=[stem,stem]", "model.freeze: names a part twice: ['stem', 'stem']"),
+        ("optim.backbone_lr_scale=0", "optim.backbone_lr_scale: must be > 0 (model.freeze stops parts from training)"),
+        ("optim.layer_decay=1.5", "optim.layer_decay: must be in (0, 1] or null, got 1.5"),
+    ],
+)
+def test_fine_tuning_keys_refuse_bad_values_in_one_line(override: str, expected: str):
+    assert error_of(overrides=(override,)).startswith(f"command line: {expected}")
 
 
 def test_semantic_error_names_the_file(tmp_path: Path):
@@ -389,4 +436,4 @@ def test_describe_documents_every_key():
         assert lines[entry[0] + 1].strip() == f.metadata["help"]
     assert "data.scale (tuple[float, float], default: [0.08, 1.0])" in text
     assert "train.amp (none|bf16|fp16, default: none)" in text
-    assert "model.pretrained (str | None, default: null)" in text
+    assert "model.pretrained (bool | str | None, default: null)" in text
