@@ -19,8 +19,8 @@ from .utils import REPO_ROOT
 
 DISTRIBUTION = "scnet-pytorch"  # "scnet" on the package index is an unrelated project
 CLI = ("zoo", "data", "bench", "train", "eval", "table", "predict", "export", "cam")
-# README.md and docs/ are rewritten elsewhere (issue 28, item 3); CHANGELOG.md keeps the history as it was.
-NOT_SCANNED = {"README.md", "CHANGELOG.md", "docs"}
+# CHANGELOG.md keeps the history as it was (the old name included).
+NOT_SCANNED = {"CHANGELOG.md"}
 INSTALL = re.compile(r"pip install\s+(?:-e\s+)?['\"]?([A-Za-z0-9_.\-]+)\[([A-Za-z0-9_,\-]+)\]")
 OLD_NAME = re.compile(r"(?<![\w.\-/])" + "scnet" + r"\[")  # the package index's other project, with an extra
 
@@ -31,7 +31,7 @@ def _pyproject() -> dict:
 
 
 def _scanned_files() -> list[Path]:
-    """The repository's text files that a user reads or runs, but README.md, CHANGELOG.md and docs/."""
+    """The repository's text files that a user reads or runs (docs/ included), but CHANGELOG.md."""
     suffixes = {".py", ".sh", ".sbatch", ".toml", ".yaml", ".yml", ".md", ".cff", ".txt", ".cfg"}
     files = [REPO_ROOT / ".ci" / "run"]
     for path in sorted(REPO_ROOT.iterdir()):
@@ -39,7 +39,7 @@ def _scanned_files() -> list[Path]:
             continue
         if path.is_file() and path.suffix in suffixes:
             files.append(path)
-        elif path.is_dir() and path.name in ("scnet", "scripts", "tests", "configs"):
+        elif path.is_dir() and path.name in ("scnet", "scripts", "tests", "configs", "docs"):
             files += [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in suffixes]
     return [f for f in files if f.exists() and "__pycache__" not in f.parts]
 

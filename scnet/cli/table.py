@@ -214,8 +214,9 @@ def _overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra:
     return [a for a in argv if a in wanted]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: bad input is one line on stderr and exit status 2; a stop by signal exits 128 + signal."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it: ``key=value`` overrides may stand anywhere after ``run``/``runs``
+    (also among ``--rows``' names), the table's name before or after ``--rows``. Bad input exits 2 (argparse)."""
     parser = build_parser()
     argv = _name_before_rows(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
@@ -223,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = _overrides(parser, args, extra, argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input is one line on stderr and exit status 2; a stop by signal exits 128 + signal."""
+    args = parse_args(argv)
     from scnet.config import ConfigError
     from scnet.tables.run import Stopped
 

@@ -12,7 +12,11 @@ from scnet.cli._common import add_version
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-train`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="scnet-train", description="Train an SC model (or a baseline) from a YAML config."
+        prog="scnet-train",
+        description="Train an SC model (or a baseline) from a YAML config.",
+        # Where the keys are: argparse cannot list a schema's nested keys as options.
+        epilog="Every config key, with its type, default and meaning: docs/configs.md in the repository, or "
+        "python -c 'import scnet.config as c; print(c.describe())'. --print-config shows the resolved values.",
     )
     add_version(parser)
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
