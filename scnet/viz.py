@@ -1,19 +1,30 @@
-"""Figures: the one matplotlib guard (:func:`pyplot`), and the Grad-CAM figure (the input image, then one heat
-map per model, side by side).
+"""Figures: the one matplotlib guard (:func:`pyplot`), the Grad-CAM figure (the input image, then one heat map
+per model, side by side), and a training run's curves (loss and accuracy by epoch, from its metrics.jsonl).
 
 matplotlib is an optional extra (``pip install 'scnet-pytorch[plot]'``), imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 INSTALL_HINT = "the figure needs matplotlib: pip install 'scnet-pytorch[plot]' (or pip install matplotlib)"
 PANEL_INCHES, TITLE_INCHES, DPI = 3.0, 0.7, 100
 HEAT_ALPHA = 0.5  # the heat map over the image: both stay readable
+CURVES_INCHES = (10.0, 3.8)
+# The accuracy panel's series: metrics.jsonl key -> legend label, line style.
+ACCURACY_SERIES = {
+    "top1": ("val top-1", "-"),
+    "top5": ("val top-5", ":"),
+    "ema_top1": ("EMA val top-1", "--"),
+}
 
 
 class MissingMatplotlib(ImportError):
@@ -78,6 +89,81 @@ def save_cam_figure(image: torch.Tensor, panels: list[CamPanel], path: str | Pat
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _series(lines: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of the lines that hold a finite number under ``key`` (validation may skip epochs)."""
+    points = [(int(m["epoch"]), float(m[key])) for m in lines if isinstance(m.get(key), int | float)]
+    points = [(e, v) for e, v in points if math.isfinite(v)]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def save_curves_figure(
+    lines: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", chance: float | None = None
+) -> Path | None:
+    """Draw a run's curves from its metrics.jsonl ``lines`` and save them to ``path``; None when no line has an
+    epoch to draw.
+
+    Left: the training loss by epoch, and the learning rate (the schedule) on a second axis. Right: validation
+    top-1 and top-5 (and the EMA weights' top-1 when the run kept them), in percent, the best top-1 marked, and
+    ``chance`` (in percent) as a dotted line. The file is replaced whole (written aside, then renamed).
+
+    Raises:
+        MissingMatplotlib: matplotlib is not installed.
+        OSError: ``path`` cannot be written.
+    """
+    lines = [m for m in lines if isinstance(m, Mapping) and isinstance(m.get("epoch"), int)]
+    if not lines:
+        return None
+    plt = pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=CURVES_INCHES, dpi=DPI)
+    try:
+        loss_ax.plot(*_series(lines, "train_loss"), "o-", color="tab:blue", label="train loss")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("training loss")
+        lr_ax = loss_ax.twinx()
+        lr_ax.plot(*_series(lines, "lr"), "--", color="grey", alpha=0.6, label="lr (end of epoch)")
+        lr_ax.set_ylabel("learning rate", color="grey")
+        handles = loss_ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+        loss_ax.legend(handles=handles, fontsize=8)
+        for key, (label, style) in ACCURACY_SERIES.items():
+            epochs, values = _series(lines, key)
+            if epochs:
+                acc_ax.plot(epochs, values, style, marker="o", label=label)
+        epochs, top1 = _series(lines, "top1")
+        if top1:
+            best = max(range(len(top1)), key=top1.__getitem__)
+            acc_ax.annotate(
+                f"best {top1[best]:.1f}% (epoch {epochs[best]})",
+                (epochs[best], top1[best]),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=8,
+            )
+        if chance is not None:
+            acc_ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:.3g}%)")
+        acc_ax.set_ylim(0, 100)
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("accuracy (%)")
+        acc_ax.legend(fontsize=8, loc="lower right")
+        for ax in (loss_ax, acc_ax):
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Whole or not at all: a run killed while drawing leaves the previous figure, not half of a new one.
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fig.savefig(temp, dpi=DPI, format="png")
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
     finally:
         plt.close(fig)
     return path

@@ -25,7 +25,7 @@ import yaml
 # Choices are Literal types: the loader validates them and describe() lists them, from this one declaration.
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["step", "cosine"]
-AmpMode = Literal["none", "bf16", "fp16"]
+AmpMode = Literal["none", "bf16", "fp16", "auto"]
 Interpolation = Literal["bilinear", "bicubic"]
 PoolType = Literal["avg", "max"]
 Upsample = Literal["nearest", "bilinear"]
@@ -225,7 +225,12 @@ class TrainConfig:
     deterministic: bool = _key(
         False, "deterministic cuDNN/cuBLAS algorithms (slower; bitwise repeatable on one machine)"
     )
-    amp: AmpMode = _key("none", "autocast precision: none = fp32/TF32, bf16, or fp16 with a gradient scaler")
+    amp: AmpMode = _key(
+        "none",
+        "autocast precision: none = fp32/TF32, bf16, or fp16 with a gradient scaler; auto = bf16 where the device "
+        "computes it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX), none elsewhere (an AVX2 CPU "
+        "emulates bf16, ~10x slower than fp32); the run's config.yaml and checkpoints hold the choice",
+    )
     accum_steps: int = _key(
         1, "gradient accumulation: micro-batches per optimizer step (the global batch stays data.batch_size)"
     )
@@ -241,6 +246,11 @@ class TrainConfig:
         "as nonfinite_steps in metrics.jsonl) before the run stops; 0 = stop at the first",
     )
     tensorboard: bool = _key(True, "write TensorBoard event files to output_dir")
+    curves: bool = _key(
+        True,
+        "at the end of the run, draw the loss and accuracy curves from metrics.jsonl to output_dir/curves.png "
+        "(needs matplotlib, the plot extra; without it one line says how to get the figure)",
+    )
     dist_timeout: int = _key(
         1800,
         "multi-process runs: seconds a process waits for the others (start-up, each collective) before it stops "

@@ -1,4 +1,5 @@
-"""What a run shows while it trains: the progress bar, TensorBoard, and the lines on stderr (rank 0 only)."""
+"""What a run shows while it trains: the progress bar, TensorBoard, and the lines on stderr; at its end, the
+curves as a picture (rank 0 only)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.loader import skipped_summary
 from ..runtime.distributed import DistInfo
-from .output import TENSORBOARD, OutputDir
+from ..runtime.messages import first_line
+from ..viz import MissingMatplotlib, save_curves_figure
+from .output import CURVES, TENSORBOARD, OutputDir, read_metrics
 from .state import EpochTally
 
 
@@ -68,6 +71,30 @@ class RunLog:
             print(tally.replaced.summary(), file=sys.stderr)
         if val_skipped:
             print(f"validation: {skipped_summary(val_skipped)}", file=sys.stderr)
+
+    def draw_curves(self) -> None:
+        """``curves.png`` from metrics.jsonl at the end of the run (rank 0, ``train.curves``) and one line saying
+        where; without matplotlib, one line saying how to get it. A figure never fails a finished run."""
+        if not (self.info.is_main and self.cfg.train.curves):
+            return
+        path = self.out.path / CURVES
+        title = f"{self.cfg.model.name} on {self.cfg.data.root}, {self.cfg.data.image_size} px"
+        classes = self.cfg.model.num_classes
+        chance = 100.0 / classes if isinstance(classes, int) and classes > 0 else None
+        try:
+            drawn = save_curves_figure(read_metrics(self.out.path), path, title=title, chance=chance)
+        except MissingMatplotlib as e:
+            print(
+                f"curves: {path} not drawn: {e}; then the same scnet-train command with --resume auto draws it "
+                "(a finished run only draws)",
+                file=sys.stderr,
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - the checkpoints and metrics are written: say why, do not fail
+            print(f"curves: warning: {path} not drawn: {first_line(e)}", file=sys.stderr)
+            return
+        if drawn is not None:
+            print(f"curves: {drawn} (loss and accuracy by epoch)", file=sys.stderr)
 
     def say(self, text: str) -> None:
         """One line on stderr from rank 0."""

@@ -2,7 +2,7 @@
 
 The folder is the contract between the trainer and its readers (``scnet-table``, ``--resume auto``):
 ``config.yaml``, ``metrics.jsonl`` (one line per finished epoch), ``last.pth`` (and ``last.prev.pth``, the
-one before), ``best.pth`` and ``tb/``.
+one before), ``best.pth``, ``tb/`` and, at the end, ``curves.png`` (drawn from metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from . import checkpoints
 from .errors import RunError
 
 CONFIG, METRICS, LAST, BEST, TENSORBOARD = "config.yaml", "metrics.jsonl", "last.pth", "best.pth", "tb"
+CURVES = "curves.png"
 
 
 def read_metrics(folder: Path, torn: Literal["stop", "skip"] = "stop") -> list[dict[str, Any]]:

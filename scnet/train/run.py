@@ -19,7 +19,7 @@ from .log import RunLog
 from .loop import Loop
 from .manager import CheckpointManager
 from .output import BEST, LAST, OutputDir
-from .setup import build_data, build_state, seed, with_class_count
+from .setup import amp_note, build_data, build_state, seed, with_amp, with_class_count
 from .stops import NonFiniteGuard, Preempted
 
 
@@ -50,13 +50,17 @@ def _run(cfg: Config, resume: str | None, info: DistInfo, out: OutputDir) -> dic
     source = checkpoints.resume_source(resume)  # RunError: a named file missing, or another run in out
     seed(cfg, info)  # before anything draws a random number
     data = build_data(cfg, info)  # splits, classes, the training stream, the val loader
-    # model.num_classes: auto becomes the training split's count: what the head, config.yaml and checkpoints hold.
-    cfg = checkpoints.cfg = with_class_count(cfg, data.classes)
+    # model.num_classes: auto becomes the training split's count, train.amp: auto this device's native precision:
+    # what the head, every step, config.yaml and the checkpoints hold.
+    amp_auto = cfg.train.amp == "auto"
+    cfg = checkpoints.cfg = with_amp(with_class_count(cfg, data.classes), info)
     state = build_state(cfg, info, data)  # model, optimizer, schedule, mixup, loss, scaler, EMA, DDP, compile
     resumed = checkpoints.restore(state, source) if source is not None else None
     if info.is_main:
         out.prepare(cfg)  # the folder, a killed save's temporaries removed, config.yaml
     log = RunLog(cfg, info, out)  # progress bar, TensorBoard, metrics.jsonl, stderr lines
+    if amp_auto:
+        log.say(amp_note(cfg, info))  # once the run has started: a setup error stays the only line
     preempt = Preempted()  # only now: a signal during setup still ends the process at once
     # train.deterministic: ops without a deterministic kernel (none on CPU) are named once, after the first step.
     alerts = KernelAlerts(quiet=not info.is_main)
@@ -79,6 +83,7 @@ def _run(cfg: Config, resume: str | None, info: DistInfo, out: OutputDir) -> dic
             checkpoints.save(LAST, state, epoch + 1, 0, extra={"metrics": metrics})
             faults.point("epoch_end")
             log.epoch_done(metrics, tally, val_skipped)  # metrics.jsonl line, TensorBoard, stderr
+        log.draw_curves()  # curves.png from metrics.jsonl (also when --resume auto finds the run finished)
         return metrics
     finally:
         log.close_bar()

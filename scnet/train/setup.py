@@ -29,6 +29,7 @@ from ..models import create_model, released_weights
 from ..models.freeze import freeze
 from ..models.options import model_options
 from ..runtime.distributed import DistInfo
+from ..runtime.precision import resolve_amp
 from ..runtime.seeding import seed_process, use_autotuned_kernels, use_deterministic_kernels
 from .errors import RunError
 from .state import TrainState
@@ -142,6 +143,20 @@ def with_class_count(cfg: Config, classes: list[str]) -> Config:
     if cfg.model.num_classes != "auto":
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(classes)))
+
+
+def with_amp(cfg: Config, info: DistInfo) -> Config:
+    """``cfg`` with ``train.amp: auto`` replaced by what this device computes natively (bf16 or none): what every
+    step, validation, config.yaml and the checkpoints then use."""
+    if cfg.train.amp != "auto":
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=resolve_amp("auto", info.device)))
+
+
+def amp_note(cfg: Config, info: DistInfo) -> str:
+    """The line that says what ``train.amp: auto`` chose (``cfg`` is resolved by :func:`with_amp`) and why."""
+    why = "computes bf16 natively" if cfg.train.amp == "bf16" else "has no native bf16 (emulated, it is slower)"
+    return f"train.amp=auto: {cfg.train.amp} (this {info.device.type.upper()} {why})"
 
 
 def build_data(cfg: Config, info: DistInfo) -> TrainData:

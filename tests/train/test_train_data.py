@@ -17,6 +17,7 @@ from timm.scheduler import create_scheduler_v2
 
 from scnet.cli.eval import main as eval_main
 from scnet.cli.train import main as train_main
+from scnet.config import load_config
 from scnet.data.demo import make_demo
 
 from ..inference import crafted_state_dict
@@ -127,7 +128,7 @@ def test_warmup_as_long_as_the_run_warns_once(demo, tmp_path, capsys):
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("scnet-train: warning:")]
     assert len(warnings) == 1, err
-    peak = 0.1 * 4 / 256  # the quickstart's lr per 256, at batch 4
+    peak = load_config(QUICKSTART, _overrides(demo, tmp_path / "run")).peak_lr  # the quickstart's lr, at batch 4
     used = _lr_of_each_step(peak, warmup_lr=1e-5, steps=5)
     assert max(used) < peak  # timm itself: the peak is never reached
     assert warnings[0].startswith("scnet-train: warning: schedule.warmup_epochs=1 >= train.epochs=1: ")
