@@ -48,10 +48,9 @@ def _step(
 def _kernels_run(model: nn.Module, x: torch.Tensor) -> str:
     """Which kernels the model's first SC block runs in training on ``x``'s device (``layers/dispatch.py``)."""
     block = next(m for m in model.modules() if isinstance(m, SCBottleneck))
-    probe = x.new_zeros(1).requires_grad_()
     fused = block.fused and block.scconv.fused
-    with torch.enable_grad():
-        return training_kernels(probe, fused, block.triton, [block.k1[1], block.scconv.k3[1], block.scconv.k4[1]])
+    with torch.enable_grad():  # the kernels of a training step, whatever the caller's grad mode
+        return training_kernels(x, fused, block.triton, [block.k1[1], block.scconv.k3[1], block.scconv.k4[1]])
 
 
 def _errors(

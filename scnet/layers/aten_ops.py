@@ -8,6 +8,7 @@ convolution, it calls the same ATen kernel autograd would, so that its numbers a
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -108,3 +109,25 @@ def conv_backward(
         [True, needs_weight, False],
     )
     return gi, (gw.to(weight.dtype) if needs_weight else None)
+
+
+def expand_conv(act: torch.Tensor, weight: torch.Tensor, avd_stride: int) -> torch.Tensor:
+    """The SC block's ``conv3`` (1x1, bias-free) of ``act``, after the v1d block's 3x3 average pool (padding 1,
+    stride ``avd_stride``) when ``avd_stride`` > 0."""
+    if avd_stride:
+        act = F.avg_pool2d(act, 3, avd_stride, 1)
+    return F.conv2d(conv_input(act, weight), weight)
+
+
+def expand_conv_backward(
+    grad: torch.Tensor, act: torch.Tensor, weight: torch.Tensor, avd_stride: int, needs_weight: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`expand_conv` for ``act`` and ``weight``, the pool recomputed from ``act``."""
+    pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
+    grad_act, grad_weight = conv_backward(grad, pooled, weight, 1, 0, 1, 1, needs_weight)
+    del pooled
+    if avd_stride:
+        grad_act = torch.ops.aten.avg_pool2d_backward(
+            grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
+        )
+    return grad_act, grad_weight

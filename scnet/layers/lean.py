@@ -42,6 +42,8 @@ from .aten_ops import (
     conv_backward,
     conv_config,
     conv_input,
+    expand_conv,
+    expand_conv_backward,
 )
 from .functional import upsample_like
 
@@ -168,9 +170,7 @@ def _cat_forward(
     out_b, mean_b, invstd_b = bn_forward(y_b, *bn_b, momentum_b, eps_b)
     act = torch.cat([out_a, out_b], dim=1).relu_()
     del out_a, out_b
-    if avd_stride:
-        act = F.avg_pool2d(act, 3, avd_stride, 1)
-    return F.conv2d(conv_input(act, conv_weight), conv_weight), mean_a, invstd_a, mean_b, invstd_b
+    return expand_conv(act, conv_weight, avd_stride), mean_a, invstd_a, mean_b, invstd_b
 
 
 def _cat_backward(
@@ -201,13 +201,7 @@ def _cat_backward(
         _bn_recompute(y_a, weight_a, bias_a, mean_a, invstd_a, out=act[:, :channels])
         _bn_recompute(y_b, weight_b, bias_b, mean_b, invstd_b, out=act[:, channels:])
         act.relu_()
-    pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
-    grad_act, grad_conv = conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
-    del pooled
-    if avd_stride:
-        grad_act = torch.ops.aten.avg_pool2d_backward(
-            grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
-        )
+    grad_act, grad_conv = expand_conv_backward(grad, act, conv_weight, avd_stride, needs[6])
     if grad_act.dtype == act.dtype:  # in place: one full-width map fewer
         grad_act = torch.ops.aten.threshold_backward.grad_input(grad_act, act, 0, grad_input=grad_act)
     else:

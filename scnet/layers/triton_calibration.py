@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_bn import acc_dtype, bn_vectors, channel_vector, launches
+from .triton_bn import bn_vectors, channel_vector, launches
 
 # Elements a program aims to handle (window pixels x channels).
 WINDOW_ELEMENTS = 2048
@@ -310,16 +310,26 @@ def window_plan(out_size: int, in_size: int, pooling_r: int) -> tuple[int, int, 
 
 
 def _plan(x: torch.Tensor, ctx: torch.Tensor, pooling_r: int) -> dict:
-    H, W = x.shape[-2:]
-    h, w = ctx.shape[-2:]
+    """The launch of the window kernels for these maps: geometry arguments, constants, grid (see :func:`_plan_of`)."""
+    N, C, H, W = (int(s) for s in x.shape)
+    return _plan_of(N, C, H, W, int(ctx.shape[-2]), int(ctx.shape[-1]), pooling_r, x.dtype == torch.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_of(N: int, C: int, H: int, W: int, h: int, w: int, pooling_r: int, float64: bool) -> dict:
+    # Cached: each calibration runs four window kernels a step with the same plan. The dict is only read.
     kh, slack_h, aligned_h = window_plan(H, h, pooling_r)
     kw, slack_w, aligned_w = window_plan(W, w, pooling_r)
-    C = x.shape[1]
     block_c = min(triton.next_power_of_2(C), max(16, WINDOW_ELEMENTS // (kh * kw)))
     geometry = (C, H, W, h, w, float(np.float32(h) / np.float32(H)), float(np.float32(w) / np.float32(W)))
-    constants = dict(KH=kh, KW=kw, SLACK=max(slack_h, slack_w), BLOCK_C=block_c, ACC=acc_dtype(x))
-    grid = (x.shape[0] * h * w, triton.cdiv(C, block_c))
-    return dict(geometry=geometry, constants=constants, grid=grid, aligned=aligned_h and aligned_w)
+    acc = tl.float64 if float64 else tl.float32
+    constants = dict(KH=kh, KW=kw, SLACK=max(slack_h, slack_w), BLOCK_C=block_c, ACC=acc)
+    return dict(
+        geometry=geometry,
+        constants=constants,
+        grid=(N * h * w, triton.cdiv(C, block_c)),
+        aligned=aligned_h and aligned_w,
+    )
 
 
 def calibration_forward(

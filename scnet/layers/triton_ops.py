@@ -38,6 +38,8 @@ from .aten_ops import (
     conv_backward,
     conv_config,
     conv_input,
+    expand_conv,
+    expand_conv_backward,
 )
 from .triton_bn import batch_stats, bn_apply
 from .triton_bn import bn_backward as triton_bn_backward
@@ -230,9 +232,7 @@ def _tail_forward(y_a: torch.Tensor, y_b: torch.Tensor, bn_a: Tensors, bn_b: Ten
     stats_a = batch_stats(y_a, bn_a[2], bn_a[3], momentum_a, eps_a, bn_a[0].dtype)
     stats_b = batch_stats(y_b, bn_b[2], bn_b[3], momentum_b, eps_b, bn_b[0].dtype)
     act = _cat_act(y_a, y_b, (*stats_a, *stats_b), bn_a[:2], bn_b[:2])
-    if avd_stride:
-        act = F.avg_pool2d(act, 3, avd_stride, 1)
-    return F.conv2d(conv_input(act, conv_weight), conv_weight), *stats_a, *stats_b
+    return expand_conv(act, conv_weight, avd_stride), *stats_a, *stats_b
 
 
 def _tail_backward(grad: torch.Tensor, saved: Tensors, config: tuple, needs: tuple[bool, ...]) -> Tensors:
@@ -241,13 +241,7 @@ def _tail_backward(grad: torch.Tensor, saved: Tensors, config: tuple, needs: tup
     y_a, y_b, weight_a, bias_a, weight_b, bias_b, conv_weight, *stats = saved
     avd_stride = config[4]
     act = _cat_act(y_a, y_b, tuple(stats), (weight_a, bias_a), (weight_b, bias_b))
-    pooled = F.avg_pool2d(act, 3, avd_stride, 1) if avd_stride else act
-    grad_act, grad_conv = conv_backward(grad, pooled, conv_weight, 1, 0, 1, 1, needs[6])
-    del pooled
-    if avd_stride:
-        grad_act = torch.ops.aten.avg_pool2d_backward(
-            grad_act, act, [3, 3], [avd_stride] * 2, [1, 1], False, True, None
-        )
+    grad_act, grad_conv = expand_conv_backward(grad, act, conv_weight, avd_stride, needs[6])
     del act
     half = y_a.shape[1]
     grad_a, grad_b = torch.empty_like(y_a), torch.empty_like(y_b)
