@@ -27,6 +27,7 @@ OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["step", "cosine"]
 AmpMode = Literal["none", "bf16", "fp16", "auto"]
 Interpolation = Literal["bilinear", "bicubic"]
+DecodeWhere = Literal["auto", "cpu", "gpu"]
 PoolType = Literal["avg", "max"]
 Upsample = Literal["nearest", "bilinear"]
 Auto = Literal["auto"]
@@ -151,6 +152,18 @@ class DataConfig:
         "lr is scaled by batch_size / optim.lr_base_batch",
     )
     workers: int = _key(8, "data-loading worker processes per training process")
+    decode: DecodeWhere = _key(
+        "auto",
+        "where JPEGs are decoded: cpu (in the workers), gpu (workers read the bytes and draw each crop; the batch is "
+        "decoded with nvjpeg, cut, resized and flipped on the GPU; PNG, CMYK and progressive files are decoded in the "
+        "workers, counted per epoch), auto (gpu on a CUDA device whose torchvision decodes JPEG there, else cpu). "
+        "On a CPU device gpu runs the same code with the CPU decoder (how it is tested)",
+    )
+    jpeg_draft: bool = _key(
+        False,
+        "data.decode=cpu, training: decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when its crop "
+        "is at least that many times larger than image_size: less decoding work, slightly softer crops",
+    )
     crop_pct: float = _key(
         0.875, "evaluation: resize the short side to image_size / crop_pct (256 for 224), then centre-crop"
     )

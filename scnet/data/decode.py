@@ -60,12 +60,17 @@ def decode_rgb(data: bytes | torch.Tensor, name: str = "<bytes>") -> torch.Tenso
         raise BadImageError(name, first_line(e)) from e
 
 
+def read_file(path: str | os.PathLike) -> torch.Tensor:
+    """A file's bytes as a 1-D uint8 tensor (read straight into its memory: no intermediate copy);
+    BadImageError naming it when it cannot be read."""
+    try:
+        return torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+    except OSError as e:
+        raise BadImageError(str(path), e.strerror or str(e)) from e
+
+
 def load_rgb(source: ImageSource, name: str | None = None) -> torch.Tensor:
     """Read and decode a file (or bytes) into a 3xHxW uint8 RGB tensor; see :func:`decode_rgb`."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
-    try:
-        # Read straight into a tensor's memory: no intermediate bytes copy.
-        data = source if isinstance(source, bytes) else torch.from_numpy(np.fromfile(source, dtype=np.uint8))
-    except OSError as e:
-        raise BadImageError(label, e.strerror or str(e)) from e
+    data = source if isinstance(source, bytes) else read_file(source)
     return decode_rgb(data, label)

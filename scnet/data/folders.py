@@ -7,15 +7,15 @@ import os
 import re
 import typing
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch.utils.data import Dataset
 
-from .decode import BadImageError, load_rgb
-from .transforms import apply_seeded
+from .decode import BadImageError, read_file
+from .sample import Decode, prepare_sample
+from .transforms import SampleTransform
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp", ".bmp", ".gif")
 # How many other samples to try before a run of bad files is an error rather than bad luck.
@@ -160,7 +160,8 @@ class ImageFolderDataset(Dataset):
 
     Indices may be plain ints or ``(index, epoch)`` pairs (from :class:`scnet.data.loader.EpochSampler`);
     with a pair, the transform draws from the CPU generator seeded by ``(seed, epoch, index)``
-    (:func:`~scnet.data.transforms.apply_seeded`).
+    (:func:`~scnet.data.transforms.seeded`). ``decode="device"`` leaves JPEGs encoded, their crops drawn
+    (:func:`~scnet.data.sample.prepare_sample`); ``draft`` decodes training crops at a reduced DCT scale.
 
     Items are ``(image, label, names)``. What a bad file does depends on ``bad_images``:
 
@@ -175,9 +176,11 @@ class ImageFolderDataset(Dataset):
         self,
         samples: Sequence[tuple[str, int]],
         classes: Sequence[str],
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: SampleTransform | None = None,
         bad_images: BadImages = "replace",
         seed: int = 0,
+        decode: Decode = "cpu",
+        draft: bool = False,
     ) -> None:
         check_bad_images(bad_images)
         self.samples = list(samples)
@@ -185,17 +188,20 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.bad_images = bad_images
         self.seed = seed
+        self.decode = decode
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
+        seed = sample_seed(self.seed, epoch, index) if isinstance(key, tuple) else None
         replaced: list[str] = []
         for attempt in range(MAX_REPLACEMENTS + 1):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                image = load_rgb(path)
+                image = prepare_sample(read_file(path), path, self.transform, seed, self.decode, self.draft)
                 break
             except BadImageError:
                 if self.bad_images == "raise":
@@ -203,14 +209,8 @@ class ImageFolderDataset(Dataset):
                 if self.bad_images == "skip":
                     return None, label, (path,)
                 replaced.append(path)
-        else:
-            raise BadImageError(replaced[0], f"it and the next {MAX_REPLACEMENTS} samples are all unreadable")
-        if self.transform is not None:
-            try:
-                if isinstance(key, tuple):
-                    image = apply_seeded(self.transform, image, sample_seed(self.seed, epoch, index))
-                else:
-                    image = self.transform(image)
             except Exception as e:  # a worker must never die with an anonymous traceback
                 raise RuntimeError(f"{path}: transform failed ({type(e).__name__}: {e})") from e
+        else:
+            raise BadImageError(replaced[0], f"it and the next {MAX_REPLACEMENTS} samples are all unreadable")
         return image, label, tuple(replaced)

@@ -7,8 +7,9 @@ memory) -> ``scnet.data.device.DeviceLoader`` (copy to the device, normalise the
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +26,22 @@ from .folders import (
     scan_image_folder,
     scan_imagenet_v2,
 )
+from .sample import Decode, DecodedHere, EncodedImage
 from .shards import ShardDataset
+from .transforms import SampleTransform
 
 
 def build_dataset(
     root: Path,
     split: str,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: SampleTransform | None = None,
     bad_images: BadImages = "replace",
     seed: int = 0,
     shuffle: bool = False,
     classes: Sequence[str] | None = None,
     classes_from: str = "the class list",
+    decode: Decode = "cpu",
+    draft: bool = False,
 ) -> Dataset:
     """The dataset for ``root/split``: WebDataset-style shards (an ``index.json``), an ImageNet-V2
     folder (numeric class folders), or an ImageFolder tree.
@@ -47,6 +52,8 @@ def build_dataset(
     the split's own sorted folder names (shards: their index's list). ImageNet-V2 folders keep their
     numbers as indices. ``bad_images`` says what a file that does not decode does (see
     :data:`~scnet.data.folders.BadImages`): ``"replace"`` for training, ``"skip"`` for evaluation.
+    ``decode="device"`` leaves JPEGs encoded for the device, their crops drawn; ``draft`` decodes training crops
+    at a reduced JPEG DCT scale (see :func:`~scnet.data.sample.prepare_sample`).
     """
     check_bad_images(bad_images)
     folder = Path(root) / split
@@ -60,6 +67,8 @@ def build_dataset(
             equal_per_rank=shuffle,
             classes=classes,
             classes_from=classes_from,
+            decode=decode,
+            draft=draft,
         )
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such data folder (expected {root}/{split}/<class>/<images> or shards)")
@@ -69,7 +78,9 @@ def build_dataset(
         classes, samples = scan_image_folder(folder, classes, classes_from)
     else:
         classes, samples = scan_image_folder(folder, read_class_list(root), str(Path(root) / "classes.txt"))
-    return ImageFolderDataset(samples, classes, transform=transform, bad_images=bad_images, seed=seed)
+    return ImageFolderDataset(
+        samples, classes, transform=transform, bad_images=bad_images, seed=seed, decode=decode, draft=draft
+    )
 
 
 class EpochSampler(Sampler):
@@ -129,26 +140,36 @@ class EpochSampler(Sampler):
 @dataclass
 class Batch:
     """A collated batch: uint8 images (N, 3, H, W), int64 labels, the bad files replaced in it, and the
-    bad files skipped (left out of it: N may be 0)."""
+    bad files skipped (left out of it: N may be 0).
+
+    With ``data.decode=gpu`` some samples arrive still encoded: ``encoded`` holds them, ``encoded_at`` their
+    positions among the batch's ``labels``, and ``images`` only the others, in order; ``decoded_here`` names
+    the files that were decoded in the worker all the same (not for the device decoder), with the reason.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     replaced: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    encoded: list[EncodedImage] = field(default_factory=list)
+    encoded_at: list[int] = field(default_factory=list)
+    decoded_here: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:
-        """Called by the DataLoader's pin-memory thread."""
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.replaced, self.skipped)
+        """Called by the DataLoader's pin-memory thread (encoded bytes stay as they are: the decoder reads them)."""
+        return dataclasses.replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory())
 
 
 class ReplacedLog:
-    """Bad files met during an epoch (each replaced by another sample), for the end-of-epoch report."""
+    """Files met during an epoch, for the end-of-epoch report: by default the bad files each replaced by
+    another sample; ``what`` names another kind (e.g. files decoded on the CPU under ``data.decode=gpu``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "bad samples replaced") -> None:
+        self.what = what
         self.names: list[str] = []
 
     def update(self, names: Sequence[str]) -> None:
-        """Add the ``replaced`` names of one batch."""
+        """Add the names of one batch."""
         self.names.extend(names)
 
     def summary(self, limit: int = 5) -> str:
@@ -156,7 +177,7 @@ class ReplacedLog:
         if not self.names:
             return ""
         unique = sorted(set(self.names))
-        return f"{len(self.names)} bad samples replaced ({len(unique)} files): {_first_names(unique, limit)}"
+        return f"{len(self.names)} {self.what} ({len(unique)} files): {_first_names(unique, limit)}"
 
     def reset(self) -> None:
         """Start a new epoch."""
@@ -176,19 +197,30 @@ def skipped_summary(names: Sequence[str], limit: int = 5) -> str:
     return f"{len(unique)} unreadable file(s) skipped, not counted: {_first_names(unique, limit)}"
 
 
-def collate(items: Sequence[tuple[torch.Tensor | None, int, tuple[str, ...]]]) -> Batch:
+def collate(items: Sequence[tuple[torch.Tensor | EncodedImage | DecodedHere | None, int, tuple[str, ...]]]) -> Batch:
     """Stack ``(image, label, names)`` items into a :class:`Batch`.
 
     An item without image is a bad file skipped by its reader (``bad_images="skip"``): it is left out of
-    the images and labels, and its names go to ``Batch.skipped``; other items' names were replaced.
+    the images and labels, and its names go to ``Batch.skipped``; other items' names were replaced. An
+    :class:`~scnet.data.sample.EncodedImage` goes to ``Batch.encoded`` (the device decodes it).
     """
     good = [it for it in items if it[0] is not None]
-    # With every item skipped, an empty batch (its pixel size is unknown, and nothing will read it).
-    images = torch.stack([it[0] for it in good]) if good else torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
+    ready, encoded, encoded_at, here = [], [], [], []
+    for position, (image, _, _) in enumerate(good):
+        if isinstance(image, EncodedImage):
+            encoded.append(image)
+            encoded_at.append(position)
+            continue
+        if isinstance(image, DecodedHere):
+            here.append(f"{image.name} ({image.reason})")
+            image = image.image
+        ready.append(image)
+    # With no decoded image, an empty stack (its pixel size is unknown, and nothing will read it).
+    images = torch.stack(ready) if ready else torch.zeros((0, 3, 0, 0), dtype=torch.uint8)
     labels = torch.tensor([it[1] for it in good], dtype=torch.int64)
     replaced = [name for it in good for name in it[2]]
     skipped = [name for it in items if it[0] is None for name in it[2]]
-    return Batch(images, labels, replaced, skipped)
+    return Batch(images, labels, replaced, skipped, encoded, encoded_at, here)
 
 
 def private_generator(seed: int = 0) -> torch.Generator:

@@ -34,9 +34,10 @@ from tqdm import tqdm
 
 from ..runtime.distributed import rank_and_world
 from ..runtime.files import idle_for, write_atomic
-from .decode import BadImageError, decode_rgb
+from .decode import BadImageError
 from .folders import BadImages, check_bad_images, class_folder_names, read_class_list, scan_image_folder
-from .transforms import apply_seeded
+from .sample import Decode, prepare_sample
+from .transforms import SampleTransform
 
 FORMAT_VERSION = 1
 INDEX = "index.json"
@@ -298,7 +299,8 @@ def _worker_quotas(total: int, num_workers: int) -> list[int]:
 class ShardDataset(IterableDataset):
     """Samples ``(image, label, names)`` from the shards of one split (a folder with ``index.json``).
 
-    ``image`` is ``transform(decode_rgb(bytes))`` (the uint8 3xHxW tensor without a transform). A bad
+    ``image`` is ``transform(decode_rgb(bytes))`` (the uint8 3xHxW tensor without a transform), or with
+    ``decode="device"`` the bytes left encoded, their crop drawn (:func:`~scnet.data.sample.prepare_sample`). A bad
     sample (named ``shard:key``) follows ``bad_images``: ``"replace"`` (training) leaves it out and names
     it in the next sample's ``names`` (the bad samples it stands in for, usually ``()``); ``"skip"``
     (evaluation) yields it as ``(None, label, (name,))``, a sample without image, so that its name
@@ -328,7 +330,7 @@ class ShardDataset(IterableDataset):
     def __init__(
         self,
         split_dir: Path,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: SampleTransform | None = None,
         shuffle: bool = False,
         buffer_size: int = 1000,
         seed: int = 0,
@@ -338,6 +340,8 @@ class ShardDataset(IterableDataset):
         equal_per_rank: bool = False,
         classes: Sequence[str] | None = None,
         classes_from: str = "the class list",
+        decode: Decode = "cpu",
+        draft: bool = False,
     ) -> None:
         super().__init__()
         check_bad_images(bad_images)
@@ -357,6 +361,7 @@ class ShardDataset(IterableDataset):
         if shuffle and buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
         self.transform = transform
+        self.decode, self.draft = decode, draft
         self.shuffle = shuffle
         self.buffer_size = buffer_size
         self.seed = seed
@@ -504,9 +509,7 @@ class ShardDataset(IterableDataset):
         """Decode and transform one item (the CPU RNG seeded with ``seed`` first, unless None); a bad image is
         raised, returned without image (skip), or named in ``pending`` for the next sample (replace: None)."""
         try:
-            image = decode_rgb(data, name)
-            if self.transform is not None:
-                image = self.transform(image) if seed is None else apply_seeded(self.transform, image, seed)
+            image = prepare_sample(data, name, self.transform, seed, self.decode, self.draft)
         except BadImageError:
             if self.bad_images == "raise":
                 raise

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .device import DeviceLoader, DevicePreprocess
+from .device import DeviceBatch, DeviceLoader, DevicePreprocess
 from .loader import EpochSampler
 from .shards import ShardPosition
 
@@ -48,14 +48,14 @@ class TrainStream:
             self._position = ShardPosition(order, self.workers, position)
             self.dataset.set_epoch(epoch, self._position.skip, self._position.next_worker)
 
-    def batches(self) -> Iterator:
-        """The epoch's ``(images, labels, names)`` on the device, from where :meth:`start_epoch` set it."""
+    def batches(self) -> Iterator[DeviceBatch]:
+        """The epoch's batches on the device, from where :meth:`start_epoch` set it."""
         return iter(DeviceLoader(self.loader, self.device, self.preprocess))
 
-    def consumed(self, images: torch.Tensor, names: list[str]) -> None:
+    def consumed(self, batch: DeviceBatch) -> None:
         """Count a batch the trainer took (shards: for the position a checkpoint saves)."""
         if self._position is not None:
-            self._position.update(images.shape[0], len(names))
+            self._position.update(batch.delivered, len(batch.replaced))
 
     def position(self) -> dict[str, Any] | None:
         """How far this rank's loader workers have read in the epoch (shards), else None."""

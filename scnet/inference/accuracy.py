@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.device import DevicePreprocess
+from ..data.device_decode import DeviceDecoder, device_decoder_works
 from ..data.folders import is_imagenet_v2, load_real_labels, read_class_list
 from ..data.loader import Batch, EpochSampler, IndexedDataset, build_dataset, build_eval_loader
 from ..data.shards import ShardDataset
@@ -133,7 +134,8 @@ def evaluate(
         real_labels: ImageNet-ReaL sets, one per dataset index (see ``scnet.data.folders.load_real_labels``);
             needs the indices that :func:`build_eval_loader` attaches to map-style batches.
         progress: a tqdm bar on rank 0.
-        preprocess: uint8 -> normalised float on the device (default: ImageNet mean/std).
+        preprocess: uint8 -> normalised float on the device (default: ImageNet mean/std); with a decoder when the
+            loader leaves JPEGs encoded (data.decode=gpu).
 
     Returns:
         ``top1``, ``top5`` (percent) over the ``images`` evaluated, ``skipped`` (the bad files left out,
@@ -171,8 +173,14 @@ def evaluate(
             skipped.extend(batch.skipped)
             if batch.labels.numel() == 0:
                 continue  # every file of this batch was skipped
-            images = preprocess(batch.images.to(device, non_blocking=True))
-            labels = batch.labels.to(device, non_blocking=True)
+            ready = preprocess.batch(batch)  # decoded on the device first when the loader left JPEGs encoded
+            skipped.extend(ready.broken)
+            images, labels = ready.images, ready.labels
+            if ready.broken:
+                if real is not None:
+                    raise ValueError(f"ReaL labels with files left out on the device: {', '.join(ready.broken)}")
+                if labels.numel() == 0:
+                    continue
             with autocast(device.type, dtype):
                 logits = model(images)
             real_rows = real[indices.to(device)] if real is not None else None
@@ -231,6 +239,7 @@ class Evaluation:
     real_labels: list[list[int]] | None
     info: dict[str, Any]  # the settings the results report, in the order they are written
     progress: bool = False
+    decoder: DeviceDecoder | None = None  # decode="gpu": the device side of the loader
 
     def run(self) -> dict[str, Any]:
         """The results: :attr:`info`, then ``top1``, ``top5``, ``images`` (``real_top1``, ``real_images``),
@@ -247,7 +256,7 @@ class Evaluation:
             self.info["amp"],
             self.real_labels,
             self.progress,
-            loaded.preprocess(),
+            loaded.preprocess(self.decoder),
         )
         result = {**self.info, **metrics}
         rank, _ = rank_and_world()
@@ -267,6 +276,7 @@ def prepare_evaluation(
     real_labels: str | os.PathLike | None = None,
     strict: bool = False,
     progress: bool = False,
+    decode: str = "cpu",
 ) -> Evaluation:
     """Read ``data_root/split`` for ``loaded``: its evaluation transform, labels by its class list.
 
@@ -280,6 +290,9 @@ def prepare_evaluation(
         real_labels: an ImageNet-ReaL ``real.json``: ReaL top-1 is reported too (image folder splits only).
         strict: a file that does not decode is an error naming it (else it is skipped and listed).
         progress: a progress bar on stderr (rank 0).
+        decode: where JPEGs are decoded: ``cpu`` (loader workers), ``gpu`` (resize and centre crop too, on the
+            checkpoint's device; a CPU device runs that path with the CPU decoder), ``auto`` (gpu where torchvision
+            decodes JPEG on the device, else cpu).
 
     Labels follow the checkpoint's class list when it saved one, else ``<data_root>/classes.txt``, else
     the split's folders; they must match the model's outputs one for one. Every rank reads the same
@@ -292,15 +305,21 @@ def prepare_evaluation(
         raise ValueError(f"batch_size must be at least 1 and workers at least 0, got {batch_size}, {workers}")
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    if decode not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"decode must be auto, cpu or gpu, got {decode!r}")
+    if decode == "auto":
+        decode = "gpu" if device_decoder_works(loaded.device)[0] else "cpu"
     data = Path(data_root)
     source = _class_source(loaded.path, loaded.classes, data, split)
+    transform = loaded.eval_transform()
     dataset = build_dataset(
         data,
         split,
-        transform=loaded.eval_transform(),
+        transform=transform,
         bad_images="raise" if strict else "skip",
         classes=loaded.classes,
         classes_from=f"the classes of {loaded.path}",
+        decode="device" if decode == "gpu" else "cpu",
     )
     _check_class_count(len(dataset.classes), loaded.num_classes, source, data / split)
     real = None
@@ -322,12 +341,14 @@ def prepare_evaluation(
         "crop_pct": loaded.crop_pct,
         "interpolation": loaded.interpolation,
         "amp": amp,
+        "decode": decode,
         "batch_size": batch_size,
         "world_size": world,
     }
     per_process = math.ceil(batch_size / world)
     loader = build_eval_loader(dataset, per_process, workers, pin_memory=loaded.device.type == "cuda")
-    return Evaluation(loaded, loader, real, info, progress)
+    decoder = DeviceDecoder(transform, loaded.device) if decode == "gpu" else None
+    return Evaluation(loaded, loader, real, info, progress, decoder)
 
 
 def evaluate_checkpoint(
@@ -340,7 +361,10 @@ def evaluate_checkpoint(
     real_labels: str | os.PathLike | None = None,
     strict: bool = False,
     progress: bool = False,
+    decode: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1 / top-5 (and ReaL) of ``loaded`` on ``data_root/split``: :func:`prepare_evaluation`, then
     :meth:`Evaluation.run` (see both). Under torch.distributed every rank calls this."""
-    return prepare_evaluation(loaded, data_root, split, batch_size, workers, amp, real_labels, strict, progress).run()
+    return prepare_evaluation(
+        loaded, data_root, split, batch_size, workers, amp, real_labels, strict, progress, decode
+    ).run()

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from timm.models import clean_state_dict, get_pretrained_cfg
 from torch import nn
-from torchvision.transforms import v2
 
 from ..data.device import DevicePreprocess
-from ..data.transforms import INTERPOLATIONS, eval_transform
+from ..data.device_decode import DeviceDecoder
+from ..data.transforms import INTERPOLATIONS, EvalTransform, eval_transform
 from ..models import CheckpointError, create_model
 from ..models.options import model_options
 from ..models.weights import check_compatible, unreadable
@@ -55,13 +55,14 @@ class LoadedCheckpoint:
     path: Path
     device: torch.device
 
-    def eval_transform(self) -> v2.Compose:
+    def eval_transform(self) -> EvalTransform:
         """Decoded uint8 image -> the model's evaluation crop: resize to image_size / crop_pct, centre-crop."""
         return eval_transform(self.image_size, self.crop_pct, self.interpolation)
 
-    def preprocess(self) -> DevicePreprocess:
-        """uint8 batch on the device -> normalised float, in the memory format the model was placed in."""
-        return DevicePreprocess(self.device, channels_last=self.device.type == "cuda")
+    def preprocess(self, decoder: DeviceDecoder | None = None) -> DevicePreprocess:
+        """uint8 batch on the device -> normalised float, in the memory format the model was placed in; with
+        ``decoder``, the JPEGs a loader left encoded are decoded and cropped on the device first."""
+        return DevicePreprocess(self.device, channels_last=self.device.type == "cuda", decoder=decoder)
 
 
 # ----------------------------------------------------------------------------------------------- reading

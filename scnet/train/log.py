@@ -67,8 +67,9 @@ class RunLog:
             self.writer.flush()
         line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         print(line, file=sys.stderr)
-        if tally.replaced.names:
-            print(tally.replaced.summary(), file=sys.stderr)
+        for names in (tally.replaced, tally.decoded_on_cpu, tally.broken):
+            if names.names:
+                print(names.summary(), file=sys.stderr)
         if val_skipped:
             print(f"validation: {skipped_summary(val_skipped)}", file=sys.stderr)
 

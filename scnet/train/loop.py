@@ -89,10 +89,15 @@ class Loop:
         for micro in range(accum):
             tw = time.perf_counter()
             faults.point("data")
-            images, labels, names = next(batches)
+            batch = next(batches)
             tally.wait += time.perf_counter() - tw
-            self.data.stream.consumed(images, names)
-            tally.replaced.update(names)
+            self.data.stream.consumed(batch)
+            tally.replaced.update(batch.replaced)
+            tally.decoded_on_cpu.update(batch.decoded_on_cpu)
+            tally.broken.update(batch.broken)
+            images, labels = batch.images, batch.labels
+            if images.shape[0] == 0:
+                continue  # every sample of this micro-batch was unreadable (data.decode=gpu, left out)
             if state.mixup is not None:
                 images, labels = state.mixup(images, labels)
             # DDP all-reduces the gradients on the last micro-batch only.
@@ -137,6 +142,11 @@ class Loop:
             "data_wait": tally.wait / epoch_time,
             "replaced": len(tally.replaced.names),
             "nonfinite_steps": tally.nonfinite,
+            **(
+                {"decoded_on_cpu": len(tally.decoded_on_cpu.names), "left_out": len(tally.broken.names)}
+                if self.data.decode == "gpu"
+                else {}
+            ),
             # What the epoch ran on: device-hours of a run = sum(epoch_time) * world_size.
             "world_size": info.world_size,
             "device": info.device.type,

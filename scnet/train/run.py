@@ -61,6 +61,8 @@ def _run(cfg: Config, resume: str | None, info: DistInfo, out: OutputDir) -> dic
     log = RunLog(cfg, info, out)  # progress bar, TensorBoard, metrics.jsonl, stderr lines
     if amp_auto:
         log.say(amp_note(cfg, info))  # once the run has started: a setup error stays the only line
+    if data.decode_note:
+        log.say(data.decode_note)
     preempt = Preempted()  # only now: a signal during setup still ends the process at once
     # train.deterministic: ops without a deterministic kernel (none on CPU) are named once, after the first step.
     alerts = KernelAlerts(quiet=not info.is_main)

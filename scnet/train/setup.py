@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import Config
 from ..data.builtin import DEMO, resolve_root
 from ..data.device import DevicePreprocess, build_mixup
+from ..data.device_decode import DeviceDecoder, device_decoder_works
 from ..data.loader import build_dataset, build_eval_loader, build_loader
 from ..data.stream import TrainStream
 from ..data.transforms import eval_transform, train_transform
@@ -52,6 +53,8 @@ class TrainData:
     val_loader: DataLoader
     eval_preprocess: DevicePreprocess
     classes: list[str]
+    decode: str = "cpu"  # data.decode resolved: cpu or gpu
+    decode_note: str = ""  # the line that says where JPEGs are decoded, when there was a choice to say
 
 
 def _rank_0_first(info: DistInfo, action: Callable[[], object]) -> None:
@@ -84,10 +87,27 @@ def _resolve_data_root(cfg: Config, info: DistInfo) -> Path:
     return root
 
 
-def _datasets(cfg: Config, info: DistInfo) -> tuple[Dataset, Dataset, list[str]]:
-    """Train and val datasets; the val split is indexed by the training split's class list."""
+def resolve_decode(cfg: Config, info: DistInfo) -> tuple[str, str]:
+    """``data.decode`` for this device (``cpu`` or ``gpu``), and the line that says so (empty when a CPU device
+    simply decodes on the CPU). A RunError when gpu is asked for on a CUDA device whose torchvision cannot."""
+    asked, device = cfg.data.decode, info.device
+    works, how = device_decoder_works(device)
+    if device.type != "cuda":
+        if asked == "gpu":
+            return "gpu", f"data.decode=gpu on {device}: the device-decoding path with the CPU decoder standing in"
+        return "cpu", ""
+    if asked == "gpu" and not works:
+        raise RunError(f"data.decode=gpu: {how}; data.decode=cpu decodes in the loader workers")
+    where = "gpu" if asked == "gpu" or (asked == "auto" and works) else "cpu"
+    reason = how if where == "gpu" or asked == "auto" else "as asked"
+    return where, f"data.decode={asked}: {where} ({reason})"
+
+
+def _datasets(cfg: Config, info: DistInfo, decode: str) -> tuple[Dataset, Dataset, list[str], tuple]:
+    """Train and val datasets and their transforms; the val split is indexed by the training split's class list."""
     root = _resolve_data_root(cfg, info)
     d = cfg.data
+    where = "device" if decode == "gpu" else "cpu"
     train_tf = train_transform(
         d.image_size,
         scale=tuple(d.scale),
@@ -100,7 +120,16 @@ def _datasets(cfg: Config, info: DistInfo) -> tuple[Dataset, Dataset, list[str]]
     eval_tf = eval_transform(d.image_size, d.crop_pct, d.interpolation)
     # A bad training file is replaced (the batch stays full); a bad val file is skipped (counted once, never twice).
     train_bad, val_bad = ("raise", "raise") if d.strict else ("replace", "skip")
-    train_ds = build_dataset(root, d.train_split, train_tf, bad_images=train_bad, seed=cfg.train.seed, shuffle=True)
+    train_ds = build_dataset(
+        root,
+        d.train_split,
+        train_tf,
+        bad_images=train_bad,
+        seed=cfg.train.seed,
+        shuffle=True,
+        decode=where,
+        draft=d.jpeg_draft,
+    )
     classes = list(train_ds.classes)
     if cfg.model.num_classes != "auto" and len(classes) != cfg.model.num_classes:
         raise RunError(
@@ -115,8 +144,9 @@ def _datasets(cfg: Config, info: DistInfo) -> tuple[Dataset, Dataset, list[str]]
         seed=cfg.train.seed,
         classes=classes,
         classes_from=f"the classes of the training split {root / d.train_split}",
+        decode=where,
     )
-    return train_ds, val_ds, classes
+    return train_ds, val_ds, classes, (train_tf, eval_tf)
 
 
 def _warn_whole_run_warmup(cfg: Config, steps_per_epoch: int) -> None:
@@ -161,7 +191,9 @@ def amp_note(cfg: Config, info: DistInfo) -> str:
 
 def build_data(cfg: Config, info: DistInfo) -> TrainData:
     """The splits, their loaders and the device-side preprocessing; a RunError when a step cannot be made."""
-    train_ds, val_ds, classes = _datasets(cfg, info)
+    decode, note = resolve_decode(cfg, info)
+    train_ds, val_ds, classes, (train_tf, eval_tf) = _datasets(cfg, info, decode)
+    on_device = decode == "gpu"
     micro_batch = cfg.micro_batch_size(info.world_size)
     train_loader = build_loader(train_ds, micro_batch, cfg.data.workers, train=True, seed=cfg.train.seed)
     val_loader = build_eval_loader(val_ds, max(micro_batch, 1), cfg.data.workers)
@@ -170,8 +202,13 @@ def build_data(cfg: Config, info: DistInfo) -> TrainData:
         channels_last=cfg.model.channels_last,
         lighting=cfg.data.lighting,
         random_erasing=cfg.data.random_erasing,
+        decoder=DeviceDecoder(train_tf, info.device) if on_device else None,
     )
-    eval_preprocess = DevicePreprocess(info.device, channels_last=cfg.model.channels_last)
+    eval_preprocess = DevicePreprocess(
+        info.device,
+        channels_last=cfg.model.channels_last,
+        decoder=DeviceDecoder(eval_tf, info.device) if on_device else None,
+    )
     stream = TrainStream(train_loader, micro_batch, cfg.train.accum_steps, info.device, preprocess)
     if stream.steps_per_epoch == 0:
         raise RunError(
@@ -179,7 +216,7 @@ def build_data(cfg: Config, info: DistInfo) -> TrainData:
         )
     if info.is_main:
         _warn_whole_run_warmup(cfg, stream.steps_per_epoch)
-    return TrainData(stream, val_loader, eval_preprocess, classes)
+    return TrainData(stream, val_loader, eval_preprocess, classes, decode, note)
 
 
 def _build_model(cfg: Config, info: DistInfo) -> nn.Module:

@@ -71,6 +71,9 @@ class EpochTally:
     loss_seen: int = 0  # images of the steps whose loss was finite
     nonfinite: int = 0
     replaced: ReplacedLog = field(default_factory=ReplacedLog)
+    # data.decode=gpu: files decoded on the CPU all the same, and files no decoder could read (left out)
+    decoded_on_cpu: ReplacedLog = field(default_factory=lambda: ReplacedLog("files decoded on the CPU"))
+    broken: ReplacedLog = field(default_factory=lambda: ReplacedLog("unreadable samples left out of their batch"))
     seen: int = 0  # images of every step, for the speed figures (never saved)
     wait: float = 0.0  # seconds waiting for data (never saved)
     t0: float = field(default_factory=time.perf_counter)
@@ -83,6 +86,8 @@ class EpochTally:
             tally.loss_sum.fill_(so_far["loss_sum"])  # float32 -> float -> float32: exact
             tally.loss_seen, tally.nonfinite = so_far["loss_seen"], so_far["nonfinite"]
             tally.replaced.update(so_far["replaced"])
+            tally.decoded_on_cpu.update(so_far.get("decoded_on_cpu", []))  # absent from older checkpoints
+            tally.broken.update(so_far.get("broken", []))
         return tally
 
     def so_far(self) -> dict[str, Any]:
@@ -92,6 +97,8 @@ class EpochTally:
             "loss_seen": self.loss_seen,
             "nonfinite": self.nonfinite,
             "replaced": list(self.replaced.names),
+            "decoded_on_cpu": list(self.decoded_on_cpu.names),
+            "broken": list(self.broken.names),
         }
 
     def mean_loss(self) -> float:

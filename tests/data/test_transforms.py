@@ -53,7 +53,7 @@ def test_device_preprocess_normalises():
     want = torch.tensor([(v / 255 - m) / s for v, m, s in zip((0, 128, 255), IMAGENET_MEAN, IMAGENET_STD, strict=True)])
     torch.testing.assert_close(out.flatten(), want)
     batch = Batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]), ["bad.JPEG"])
-    ((x, y, replaced),) = list(DeviceLoader([batch], torch.device("cpu")))
+    ((x, y, replaced, *_),) = list(DeviceLoader([batch], torch.device("cpu")))
     assert x.dtype == torch.float32 and x.is_contiguous() and y.tolist() == [1, 2] and replaced == ["bad.JPEG"]
 
 

@@ -34,7 +34,7 @@ CONFIG = {"model": {"name": "scnet50", "num_classes": 3}, "data": DATA}
 # The JSON that scnet-eval wrote before this module existed, key for key and in order (ReaL keys when asked).
 RESULT_KEYS = [
     *("model", "checkpoint", "ema", "data", "split", "num_classes", "classes_from"),
-    *("image_size", "crop_pct", "interpolation", "amp", "batch_size", "world_size"),
+    *("image_size", "crop_pct", "interpolation", "amp", "decode", "batch_size", "world_size"),
     *("top1", "top5", "images", "real_top1", "real_images", "skipped", "params", "macs"),
 ]
 
@@ -252,12 +252,20 @@ def test_evaluate_checkpoint_with_a_crafted_classifier(training, data, tmp_path)
     assert result["skipped"] == []
     settings = ("scnet50", str(training), False, str(data), "val", 3, f"checkpoint {training}")
     assert tuple(result[k] for k in RESULT_KEYS[:7]) == settings
-    assert tuple(result[k] for k in RESULT_KEYS[7:13]) == (IMAGE_SIZE, CROP_PCT, "bilinear", "none", 4, 1)
+    assert tuple(result[k] for k in RESULT_KEYS[7:14]) == (IMAGE_SIZE, CROP_PCT, "bilinear", "none", "cpu", 4, 1)
     model = scnet.create_model("scnet50", num_classes=3)
     assert (result["params"], result["macs"]) == (scnet.count_params(model), scnet.count_macs(model, IMAGE_SIZE))
     # The EMA weights of the same file predict class 1.
     ema = evaluate_checkpoint(load_checkpoint(training, ema=True), data, batch_size=4, workers=0)
     assert (ema["top1"], ema["ema"]) == (pytest.approx(top1_of(1)), True) and "real_top1" not in ema
+    # Resized and centre-cropped after the loader (data.decode=gpu's path, the CPU decoder standing in): the same.
+    gpu_path = evaluate_checkpoint(
+        load_checkpoint(training), data, batch_size=4, workers=0, real_labels=real, decode="gpu"
+    )
+    assert gpu_path["decode"] == "gpu"
+    assert {k: gpu_path[k] for k in ("top1", "top5", "images", "real_top1", "skipped")} == {
+        k: result[k] for k in ("top1", "top5", "images", "real_top1", "skipped")
+    }
 
 
 @torch.no_grad()

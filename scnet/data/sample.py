@@ -1,0 +1,158 @@
+"""One sample from its file's bytes, in a loader worker.
+
+Two ways (``data.decode``): ``cpu`` decodes and transforms it here, as torchvision's reference scripts do;
+``gpu`` only reads the JPEG header, draws the sample's crop box and flip (the same seeded draws as the CPU
+way) and leaves the bytes for the device to decode (``scnet.data.device_decode``). A file the device decoder
+is not given (not a baseline JPEG: PNG, CMYK, progressive) is decoded here instead, and named.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from .decode import BadImageError, decode_rgb
+from .transforms import CropPlan, SampleTransform, TrainTransform, seeded
+
+Decode = Literal["cpu", "device"]
+"""Where a dataset's samples are decoded: in the worker (``cpu``), or left encoded for the device (``device``)."""
+DECODES: tuple[str, ...] = ("cpu", "device")
+
+_SOS, _EOI = b"\xff\xda", b"\xff\xd9"  # JPEG start-of-scan and end-of-image markers
+
+
+@dataclass
+class EncodedImage:
+    """A sample left for the device to decode: the file's bytes, its full size, and its drawn crop."""
+
+    data: torch.Tensor  # uint8, 1-D: the file
+    name: str
+    height: int
+    width: int
+    plan: CropPlan | None  # None for the evaluation transform (nothing random)
+    seed: int | None  # the sample's augmentation seed: the device side replays it for RandAugment / jitter
+
+
+@dataclass
+class DecodedHere:
+    """A sample that ``data.decode=gpu`` decoded in the worker all the same, and why (counted per epoch)."""
+
+    image: torch.Tensor
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says: its size, and why the device decoder must not get it (None: it may)."""
+
+    height: int
+    width: int
+    not_for_device: str | None
+
+
+def _as_bytes(data: bytes | torch.Tensor) -> bytes | memoryview:
+    return data if isinstance(data, bytes) else memoryview(data.numpy())
+
+
+def read_header(data: bytes | torch.Tensor, name: str) -> Header:
+    """Parse the header only (no pixels): size, format, colour mode, progressive or not.
+
+    Raises BadImageError (naming ``name``) for what is no image, and for a JPEG cut short (no end-of-image
+    marker after its last scan), as decoding it would: the worker can then replace or skip it as the CPU way does.
+    """
+    raw = _as_bytes(data)
+    if len(raw) == 0:
+        raise BadImageError(name, "empty file")
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+            fmt, mode, info = img.format, img.mode, img.info
+    except Exception as e:  # noqa: BLE001 - PIL raises many types; each means "not an image we can read"
+        raise BadImageError(name, "not a recognised image format") from e
+    if fmt != "JPEG":
+        return Header(height, width, f"{fmt or 'unknown'} file")
+    tail = bytes(raw[-65536:]) if len(raw) > 65536 else bytes(raw)
+    if tail.rfind(_EOI) < tail.rfind(_SOS) or _EOI not in tail:
+        raise BadImageError(name, "JPEG truncated (no end-of-image marker after its last scan)")
+    if mode not in ("RGB", "L"):
+        return Header(height, width, f"{mode} JPEG")
+    if info.get("progressive") or info.get("progression"):
+        return Header(height, width, "progressive JPEG")
+    return Header(height, width, None)
+
+
+def draft_factor(plan: CropPlan, image_size: int) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) that decodes the crop still at least ``image_size`` px a side."""
+    shrink = min(plan.height, plan.width) / image_size
+    return min(8, 2 ** int(math.log2(shrink))) if shrink >= 2 else 1
+
+
+def _decode_drafted(data: bytes | torch.Tensor, name: str, height: int, width: int, factor: int) -> torch.Tensor:
+    """Decode at 1/``factor`` of the full size with libjpeg's DCT scaling (PIL's draft): fewer pixels made."""
+    try:
+        with Image.open(io.BytesIO(_as_bytes(data))) as img:
+            img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+            img = img.convert("RGB")
+            arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            return arr.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
+    except Exception as e:  # noqa: BLE001 - as decode_rgb: any failure means "bad file"
+        raise BadImageError(name, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+def _decode_and_transform(
+    data: bytes | torch.Tensor, name: str, transform: SampleTransform, draft: bool
+) -> torch.Tensor:
+    """The CPU way, under the sample's seed. With ``draft`` (training, JPEG), the crop is drawn from the header
+    first and the image decoded at the smallest DCT scale that still gives the crop its output size."""
+    if draft and isinstance(transform, TrainTransform):
+        header = read_header(data, name)
+        if header.not_for_device is None or header.not_for_device.endswith("JPEG"):
+            plan = transform.plan(header.height, header.width)
+            factor = draft_factor(plan, transform.image_size)
+            if factor == 1:
+                image = decode_rgb(data, name)
+            else:
+                image = _decode_drafted(data, name, header.height, header.width, factor)
+                plan = plan.scaled(image.shape[-2] / header.height, image.shape[-1] / header.width)
+            return transform.augment(transform.apply(image, plan))
+    return transform(decode_rgb(data, name))
+
+
+def _leave_encoded(
+    data: bytes | torch.Tensor, name: str, transform: SampleTransform, seed: int | None
+) -> EncodedImage | DecodedHere:
+    header = read_header(data, name)
+    if header.not_for_device is not None:
+        return DecodedHere(_decode_and_transform(data, name, transform, False), name, header.not_for_device)
+    encoded = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    plan = transform.plan(header.height, header.width)
+    return EncodedImage(encoded, name, header.height, header.width, plan, seed)
+
+
+def prepare_sample(
+    data: bytes | torch.Tensor,
+    name: str,
+    transform: SampleTransform | None,
+    seed: int | None,
+    decode: Decode = "cpu",
+    draft: bool = False,
+) -> torch.Tensor | EncodedImage | DecodedHere:
+    """One sample from its file's bytes: a transformed uint8 image (``cpu``), or (``device``) the bytes with the
+    crop drawn, or the image decoded here when the device decoder is not given that file.
+
+    The sample's draws come from the CPU generator seeded by ``seed`` (None: unseeded), in the same order both
+    ways: crop box, flip, then RandAugment and jitter. Raises BadImageError naming ``name`` for a bad file.
+    """
+    if transform is None:
+        return decode_rgb(data, name)
+    if decode == "device":
+        work, args = _leave_encoded, (data, name, transform, seed)
+    else:
+        work, args = _decode_and_transform, (data, name, transform, draft)
+    return work(*args) if seed is None else seeded(seed, work, *args)
