@@ -155,8 +155,9 @@ class DataConfig:
     decode: DecodeWhere = _key(
         "auto",
         "where JPEGs are decoded: cpu (in the workers), gpu (workers read the bytes and draw each crop; the batch is "
-        "decoded with nvjpeg, cut, resized and flipped on the GPU; PNG, CMYK and progressive files are decoded in the "
-        "workers, counted per epoch), auto (gpu on a CUDA device whose torchvision decodes JPEG there, else cpu). "
+        "decoded with nvjpeg, cut, resized and flipped on the GPU; PNG, greyscale, CMYK and progressive files are "
+        "decoded in the workers, counted per epoch), auto (gpu on a CUDA device whose torchvision decodes JPEG "
+        "there, else cpu). "
         "On a CPU device gpu runs the same code with the CPU decoder (how it is tested)",
     )
     jpeg_draft: bool = _key(

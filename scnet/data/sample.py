@@ -3,7 +3,7 @@
 Two ways (``data.decode``): ``cpu`` decodes and transforms it here, as torchvision's reference scripts do;
 ``gpu`` only reads the JPEG header, draws the sample's crop box and flip (the same seeded draws as the CPU
 way) and leaves the bytes for the device to decode (``scnet.data.device_decode``). A file the device decoder
-is not given (not a baseline JPEG: PNG, CMYK, progressive) is decoded here instead, and named.
+is not given (not a baseline colour JPEG: PNG, greyscale, CMYK, progressive) is decoded here instead, and named.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def read_header(data: bytes | torch.Tensor, name: str) -> Header:
     tail = bytes(raw[-65536:]) if len(raw) > 65536 else bytes(raw)
     if tail.rfind(_EOI) < tail.rfind(_SOS) or _EOI not in tail:
         raise BadImageError(name, "JPEG truncated (no end-of-image marker after its last scan)")
-    if mode not in ("RGB", "L"):
-        return Header(height, width, f"{mode} JPEG")
+    if mode != "RGB":  # greyscale, CMYK, YCCK: nvjpeg's support varies by version and backend
+        return Header(height, width, f"{'greyscale' if mode == 'L' else mode} JPEG")
     if info.get("progressive") or info.get("progression"):
         return Header(height, width, "progressive JPEG")
     return Header(height, width, None)

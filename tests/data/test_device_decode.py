@@ -21,6 +21,7 @@ from .images import encode, random_image
 CPU = torch.device("cpu")
 # The files nvjpeg is not given, and why (the reason each is named with).
 ODD = {
+    "a/gray.JPEG": "greyscale JPEG",
     "b/cmyk.JPEG": "CMYK JPEG",
     "b/progressive.JPEG": "progressive JPEG",
     "c/png_named.JPEG": "PNG file",
@@ -28,9 +29,9 @@ ODD = {
 
 
 def _tree(root, corrupt: bool = False):
-    """root/train and root/val: baseline JPEGs of several sizes (one greyscale, one with restart markers), the
-    files of ODD, and a JPEG cut short (a bad file both paths replace); ``corrupt``: also one whose header and end
-    marker are fine but whose data no decoder reads (the device path's worker cannot tell)."""
+    """root/train and root/val: baseline JPEGs of several sizes (one with restart markers), the files of ODD,
+    and a JPEG cut short (a bad file both paths replace); ``corrupt``: also one whose header and end marker are
+    fine but whose data no decoder reads (the device path's worker cannot tell)."""
     sizes = [(160, 120), (90, 130), (200, 100), (120, 120)]
     for split in ("train", "val"):
         for c, cls in enumerate("abc"):
@@ -154,7 +155,7 @@ def test_a_file_the_device_decoder_refuses_is_decoded_on_the_cpu(tree):
 
 def test_header_reading(tree):
     root = tree / "train"
-    assert read_header((root / "a/gray.JPEG").read_bytes(), "g") == Header(110, 150, None)
+    assert read_header((root / "a/0.JPEG").read_bytes(), "a") == Header(120, 160, None)
     assert read_header((root / "a/restarts.JPEG").read_bytes(), "r").not_for_device is None
     for path, why in ODD.items():
         assert read_header((root / path).read_bytes(), path).not_for_device == why
