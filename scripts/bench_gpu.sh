@@ -17,11 +17,14 @@
 #      shown against the code it replaces; and a per-kernel table of the first model's eager training step
 #      and its baseline's (torch.profiler; json/train-eager-MODEL.kernels.md, included in the report);
 #   3. inference img/s of the same models (scnet-bench model --infer), eager and compiled;
-#   4. loader img/s with all cores on generated ImageNet-sized JPEGs (500x375 / 375x500, quality 90,
-#      ~100 kB each; python -m scnet.data.synthetic), ours against torchvision's ImageFolder + PIL
-#      (scnet-bench data);
-#   5. a 300-step scnet-train run of scnet50 (bf16, channels_last, workers = all cores) on those JPEGs:
-#      img/s and the share of time spent waiting for data, beside step 2's synthetic-input figure.
+#   4. who waits, on generated ImageNet-sized JPEGs (500x375 / 375x500, quality 90, ~100 kB each;
+#      python -m scnet.data.synthetic): the input path's img/s (files to normalised float images on the GPU)
+#      with the JPEGs decoded in the loader workers (data.decode=cpu) and on the GPU (data.decode=gpu: nvjpeg)
+#      at 1, 4 and all-cores workers, beside torchvision's ImageFolder + PIL, and a short training loop of the
+#      first model fed by each: its img/s and the share of its time spent waiting for data (scnet-bench data);
+#   5. two 300-step scnet-train runs of the first model (bf16, channels_last, workers = all cores) on those
+#      JPEGs, one with data.decode=cpu and one with data.decode=gpu: img/s and the share of time spent waiting
+#      for data, beside step 2's synthetic-input figure.
 # It ends by printing the report (device, torch, date, one row per measurement, the goals of
 # BENCHMARKS.md) and writes it, every raw JSON and every step's log into the output folder.
 #
@@ -30,13 +33,15 @@
 # an H200 (2026-12-04) the steps up to scnet50's compiled training took ~7.5 minutes with inductor's cache
 # cold (BENCHMARKS.md, "GPU run"), before the kernel check (~1 minute: Triton compiles its kernels on first
 # use) came first; the rest (inference, the other compiled models) is then skipped: run it next on the same
-# machine with --only, where the cache is warm.
+# machine with --only, where the cache is warm. Since the loader compares both decode paths and the training run
+# is made once per data.decode (~3.5 more minutes, estimated, not yet measured), the default budget may skip the
+# second training run too; the JPEG steps alone take ~6 minutes: --only 'jpeg-gen loader train-run-*'.
 #
 # How to run, on a GPU machine, from the repository root:
 #   pip install -e .
 #   bash scripts/bench_gpu.sh                    # writes bench-gpu-out/<UTC date-time>/
 #   bash scripts/bench_gpu.sh --out /tmp/bench   # a given folder, which must be missing or empty
-#   bash scripts/bench_gpu.sh --dry-run          # the same steps on CPU at tiny sizes (< 2 min on 2 cores)
+#   bash scripts/bench_gpu.sh --dry-run          # the same steps on CPU at tiny sizes (~2 min on 2 cores)
 # Without installing (torch, torchvision, timm and the other dependencies present): PYTHON=python3 bash
 # scripts/bench_gpu.sh; the checkout is put first on PYTHONPATH either way, so its code is what is measured.
 #
@@ -45,8 +50,9 @@
 #                   a new folder each run, so nothing is ever overwritten)
 #   --dry-run       CPU, batch 2, 112 px, 1 warm-up + 1 step (1 profiled), compile backend "eager", one model
 #                   (and its :lean row, eager only), the kernel check in float32 (grouped 3x3s at batch 2,
-#                   32 px), a tiny JPEG set and a 2-step training run: the same commands as the real run,
-#                   fewer and smaller
+#                   32 px), a tiny JPEG set, the loader at 1 and 2 workers (gpu decoding: the CPU decoder
+#                   standing in) and two 2-step training runs: the same commands as the real run, fewer and
+#                   smaller
 #   --models LIST   SC models, comma- or space-separated (default: scnet50,scnet50_v1d,scnet101,
 #                   sc_resnext50_32x4d; dry run: scnet50); the first one is also the training run's model and
 #                   the one whose kernel check, :layerwise and :lean rows and kernel table are measured
@@ -56,8 +62,9 @@
 #   --only GLOBS    run only the steps whose names match one of these space-separated globs, e.g. after a
 #                   run that skipped some for time: --only 'train-compiled-* infer-compiled-*'. Step names:
 #                   kernels, {train,infer}-{eager,compiled}-MODEL (a suffix written with '.', not ':', so
-#                   that file names have no colon: train-eager-scnet50.lean), jpeg-gen, loader, train-run (the
-#                   last two need jpeg-gen); the preflight always runs
+#                   that file names have no colon: train-eager-scnet50.lean), jpeg-gen, loader, train-run-cpu,
+#                   train-run-gpu (the last three need jpeg-gen; 'train-run-*' selects both runs); the
+#                   preflight always runs
 #   --data DIR      where the JPEGs go; must be missing or empty (default: OUT/jpeg). Put it outside OUT
 #                   when OUT is copied back from the GPU machine: the set is 7-8 GB
 #   --keep-data     keep the generated JPEGs and the training run's checkpoints (default: removed at exit)
@@ -66,8 +73,8 @@
 #
 # Output folder: report.md, steps.tsv (step, status, seconds), env.json, json/<step>.json (raw results;
 # json/kernels.json: the kernel check's),
-# json/train-eager-MODEL.kernels.md (the kernel table), logs/<step>.log, train-run/ (config.yaml,
-# metrics.jsonl, TensorBoard events).
+# json/train-eager-MODEL.kernels.md (the kernel table), logs/<step>.log, train-run-cpu/ and train-run-gpu/
+# (config.yaml, metrics.jsonl, TensorBoard events).
 # Exit status: 0 when every step ran or was skipped (time, --only); 1 when a step failed (each is named on
 # stderr and its log's end shown; the other steps still run and the report is still printed); 2 for bad
 # usage or an output or data folder that is not empty.
@@ -123,7 +130,9 @@ if ((DRY_RUN)); then
     # The first model's other kernels: one eager row shows the command works (each row is a process, ~7 s here).
     EAGER_SUFFIXES=(:lean) COMPILED_SUFFIXES=()
     TRAIN_STEPS=2 LOG_EVERY=1 CLASSES=2 VAL_PER_CLASS=1
-    LOADER_WARMUP=1 LOADER_BATCHES=2 LOADER_REPEATS=1
+    # One warm-up and one measured batch of the two the JPEG set holds, for each worker count.
+    LOADER_COUNTS=(--warmup 1 --batches 1)
+    LOADER_REPEATS=1
 else
     DEVICE=cuda
     MODELS=${MODELS:-$DEFAULT_MODELS}
@@ -134,10 +143,17 @@ else
     # The first model's other kernels (scnet-bench's name suffixes): the plain layers and the lean ones.
     EAGER_SUFFIXES=(:layerwise :lean) COMPILED_SUFFIXES=(:layerwise :lean)
     TRAIN_STEPS=300 LOG_EVERY=50 CLASSES=10 VAL_PER_CLASS=50
-    # Each worker makes whole batches, so the first batches arrive together: warm up one per worker,
-    # then measure three rounds of them.
-    LOADER_WARMUP=$NPROC LOADER_BATCHES=$((3 * NPROC)) LOADER_REPEATS=2
+    # scnet-bench data's default counts, per worker count: each worker makes whole batches, so the first batches
+    # arrive together: one warm-up batch per worker, then three rounds of them measured. One pass each: the
+    # 2 decode paths x 3 worker counts (+ torchvision's, + the training loops) take ~2 minutes already.
+    LOADER_COUNTS=()
+    LOADER_REPEATS=1
 fi
+# The loader's worker counts: 1, 4 and all cores, none above the cores, each once.
+LOADER_WORKERS=()
+for workers in 1 4 "$NPROC"; do
+    if ((workers <= NPROC)) && [[ " ${LOADER_WORKERS[*]} " != *" $workers "* ]]; then LOADER_WORKERS+=("$workers"); fi
+done
 AMP=bf16
 KERNEL_CHECK_AMP=${KERNEL_CHECK_AMP:-$AMP}
 THREADS=$NPROC
@@ -154,16 +170,14 @@ TRAIN_MODEL=${MODEL_LIST[0]}
 CHECK_MODELS=("${MODEL_LIST[@]}" "$TRAIN_MODEL:layerwise" "$TRAIN_MODEL:lean")
 if ((DRY_RUN)); then read -r -a CHECK_MODELS <<<"${CHECK_MODELS[*]} ${DEFAULT_MODELS//,/ }"; fi
 # One epoch of exactly TRAIN_STEPS steps: the trainer has no step limit, so the training split is sized
-# for it (and the loader benchmark reads no more than one pass over it).
+# for it (and the loader benchmark reads no more than one pass over it: its default counts are cut to fit).
 TRAIN_IMAGES=$((TRAIN_STEPS * BATCH))
 PER_CLASS=$(((TRAIN_IMAGES + CLASSES - 1) / CLASSES))
-if ((LOADER_WARMUP + LOADER_BATCHES > TRAIN_STEPS)); then
-    LOADER_BATCHES=$((TRAIN_STEPS - LOADER_WARMUP))
-    ((LOADER_BATCHES > 0)) || die 2 "the JPEG set ($TRAIN_STEPS batches) is too small for the loader's warm-up"
-fi
 # Seconds a step takes on an H100/H200 with 16 cores, rounded up from the H200 run of 2026-12-04 (the budget's
 # skip decision; BENCHMARKS.md). The first compiled step compiles resnet50 too, cold: ~180 s.
-EST_TRAIN_EAGER=30 EST_INFER_EAGER=20 EST_JPEG=90 EST_LOADER=60 EST_TRAIN_RUN=90
+# The loader (not yet measured on a GPU): 3 worker counts x (2 decode paths + torchvision, + 2 training loops),
+# ~5 s each, the model built and the process started. EST_TRAIN_RUN: each of the two (data.decode=cpu, gpu).
+EST_TRAIN_EAGER=30 EST_INFER_EAGER=20 EST_JPEG=90 EST_LOADER=100 EST_TRAIN_RUN=90
 EST_KERNEL_TABLE=15 # the kernel table's profiled steps, on top of the first model's eager training
 EST_KERNELS=60      # the kernel check: Triton compiles its kernels on first use; the grouped 3x3s at batch 256
 EST_TRAIN_COMPILED=200 EST_INFER_COMPILED=60
@@ -213,7 +227,7 @@ STEPS_TSV=$OUT/steps.tsv
 cleanup() {
     if ((!KEEP_DATA)); then
         rm -rf -- "$DATA"
-        rm -f -- "$OUT"/train-run/*.pth
+        rm -f -- "$OUT"/train-run-*/*.pth
     fi
 }
 trap cleanup EXIT
@@ -315,7 +329,8 @@ preflight() {
         --setting dry_run="$DRY_RUN" --setting baseline="$BASELINE" --setting batch_size="$BATCH" \
         --setting image_size="$IMAGE" --setting amp="$AMP" --setting warmup="$WARMUP" --setting steps="$STEPS" \
         --setting compile_backend="$COMPILE_BACKEND" --setting train_model="$TRAIN_MODEL" \
-        --setting train_steps="$TRAIN_STEPS" --setting budget="$BUDGET" --setting kernel_steps="$KERNEL_STEPS"
+        --setting train_steps="$TRAIN_STEPS" --setting budget="$BUDGET" --setting kernel_steps="$KERNEL_STEPS" \
+        --setting loader_workers="${LOADER_WORKERS[*]}"
 }
 
 KIND="real run"
@@ -359,18 +374,22 @@ run_step jpeg-gen "$EST_JPEG" "$PY" -m scnet.data.synthetic --out "$DATA" --clas
     --json "$OUT/json/jpeg-gen.json"
 
 if needs loader jpeg-gen; then
-    run_step loader "$EST_LOADER" "${BENCH[@]}" data --data "$DATA" --workers "$NPROC" \
-        --batches "$LOADER_BATCHES" --batch-size "$BATCH" --warmup "$LOADER_WARMUP" --repeats "$LOADER_REPEATS" \
-        --image-size "$IMAGE" --json "$OUT/json/loader.json"
+    # Both decode paths (gpu on a CPU device: the CPU decoder standing in), and the training model fed by each.
+    run_step loader "$EST_LOADER" "${BENCH[@]}" data --data "$DATA" --decode cpu,gpu \
+        --workers "${LOADER_WORKERS[@]}" "${LOADER_COUNTS[@]}" --batch-size "$BATCH" --repeats "$LOADER_REPEATS" \
+        --image-size "$IMAGE" --model "$TRAIN_MODEL" --amp "$AMP" --channels-last --device "$DEVICE" \
+        --json "$OUT/json/loader.json"
 fi
 
-if needs train-run jpeg-gen; then
-    run_step train-run "$EST_TRAIN_RUN" "${TRAIN[@]}" --config "$REPO/configs/imagenet/scnet50.yaml" \
-        output_dir="$OUT/train-run" model.name="$TRAIN_MODEL" model.num_classes="$CLASSES" \
-        model.channels_last=true data.root="$DATA" data.batch_size="$BATCH" data.workers="$NPROC" \
-        data.image_size="$IMAGE" train.epochs=1 train.amp="$AMP" train.log_every="$LOG_EVERY" \
-        train.tensorboard=true
-fi
+for decode in cpu gpu; do
+    if needs "train-run-$decode" jpeg-gen; then
+        run_step "train-run-$decode" "$EST_TRAIN_RUN" "${TRAIN[@]}" --config "$REPO/configs/imagenet/scnet50.yaml" \
+            output_dir="$OUT/train-run-$decode" model.name="$TRAIN_MODEL" model.num_classes="$CLASSES" \
+            model.channels_last=true data.root="$DATA" data.batch_size="$BATCH" data.workers="$NPROC" \
+            data.decode="$decode" data.image_size="$IMAGE" train.epochs=1 train.amp="$AMP" \
+            train.log_every="$LOG_EVERY" train.tensorboard=true
+    fi
+done
 
 bench_model train compiled "$TRAIN_MODEL" "$EST_TRAIN_COMPILED"
 for suffix in "${COMPILED_SUFFIXES[@]}"; do

@@ -6,22 +6,52 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from scnet.cli._common import add_json, add_version, plain, write_json
+from scnet.cli._common import ListOption, add_json, add_version, plain, write_json
 
 
-def _data(args: argparse.Namespace) -> dict:
+def _data(args: argparse.Namespace) -> list[dict]:
     from scnet.bench.data import bench_data
 
     return bench_data(
         args.data,
+        decode=args.decode,
         workers=args.workers,
         batches=args.batches,
         batch_size=args.batch_size,
         image_size=args.image_size,
         warmup=args.warmup,
         repeats=args.repeats,
+        model=args.model,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        device=args.device,
     )
+
+
+def _data_table(rows: list[dict]) -> str:
+    from scnet.bench.data import format_rows
+
+    return format_rows(rows)
+
+
+class _Counts(ListOption):
+    """A list option of whole numbers >= 0 (worker counts): ``1,4,16``, ``1 4 16`` or repeated; duplicates dropped."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        items = [str(v) for v in getattr(namespace, self.dest)]
+        bad = [v for v in items if not v.isdigit()]
+        if bad:
+            parser.error(f"{option_string}: not a whole number >= 0: {', '.join(bad)}")
+        setattr(namespace, self.dest, list(dict.fromkeys(int(v) for v in items)))
 
 
 def _model(args: argparse.Namespace) -> dict:
@@ -80,23 +110,55 @@ def _add_precision(p: argparse.ArgumentParser, amp: str, channels_last: bool) ->
     )
 
 
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``data`` subcommand."""
+    p = sub.add_parser(
+        "data",
+        help="who waits: input-path img/s per decode path and worker count, against torchvision's; with --model, "
+        "the share of a training step spent waiting for data",
+        description="Images per second of the whole input path, from the files to normalised float images on the "
+        "device, with the JPEGs decoded in the loader workers (cpu) or on the device (gpu: the workers read the bytes "
+        "and draw each crop, the device decodes and cuts the batch, as data.decode=gpu trains; on a CPU device the CPU "
+        "decoder stands in), at each worker count, beside torchvision's ImageFolder + PIL. With --model, also a short "
+        "training loop fed by each: its img/s and the share of its time spent waiting for the next batch.",
+    )
+    p.add_argument("--data", required=True, help="ImageFolder root (its train/ is used when present)")
+    p.add_argument(
+        "--decode",
+        action=ListOption,
+        allowed=("cpu", "gpu"),
+        help="where the JPEGs are decoded, as data.decode: cpu (the loader workers), gpu (the device) (default: both "
+        "on a CUDA device whose torchvision decodes JPEG there, else cpu)",
+    )
+    p.add_argument("--workers", action=_Counts, default=[2], help="loader worker processes, e.g. 1,4,16 (default 2)")
+    p.add_argument(
+        "--batches",
+        type=int,
+        help="measured batches per repeat (default: three per worker, at least 3, cut to what the folder holds)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch of the loader, one process (default 32)"
+    )
+    p.add_argument("--image-size", type=int, default=224, help="training crop size (default 224)")
+    p.add_argument("--warmup", type=int, help="untimed batches first, per repeat (default: one per worker, at least 1)")
+    p.add_argument("--repeats", type=int, default=3, help="times each loader is measured, alternated (default 3)")
+    p.add_argument(
+        "--model",
+        help="a zoo name: also train it (forward, backward, SGD; as many classes as the folder) fed by each decode "
+        "path and worker count, and report its img/s and the share of its time spent waiting for data",
+    )
+    _add_precision(p, amp="none", channels_last=False)
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_json(p, "the rows (a list, one per decode path and worker count, and torchvision's)")
+    p.set_defaults(func=_data, show=_data_table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``scnet-bench`` argument parser."""
     parser = argparse.ArgumentParser(prog="scnet-bench", description=plain(__doc__))
     add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to measure")
-    p = sub.add_parser("data", help="loader throughput with the training transforms, against torchvision's")
-    p.add_argument("--data", required=True, help="ImageFolder root (its train/ is used when present)")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
-    p.add_argument("--batches", type=int, default=20, help="measured batches per repeat")
-    p.add_argument(
-        "--batch-size", type=int, default=32, help="images per batch of the loader, one process (default 32)"
-    )
-    p.add_argument("--image-size", type=int, default=224, help="training crop size (default 224)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches first, per repeat (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="times each loader is measured, alternated (default 3)")
-    add_json(p, "the result (as printed)")
-    p.set_defaults(func=_data)
+    _add_data_parser(sub)
 
     p = sub.add_parser(
         "model",
@@ -178,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"scnet-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    show = getattr(args, "show", None)
+    print(show(result) if show is not None else json.dumps(result, indent=2))
     if args.json:
         try:
             write_json(args.json, result)

@@ -19,6 +19,7 @@ NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 MODEL_STEPS = [f"{mode}-{variant}-scnet50" for variant in ("eager", "compiled") for mode in ("train", "infer")]
 # The first model's lean kernels: a dry run's one row of its suffixes (in a step name, a suffix's ':' is '.').
 VARIANT_STEPS = ["train-eager-scnet50.lean"]
+TRAIN_RUNS = ["train-run-cpu", "train-run-gpu"]  # one scnet-train run per data.decode
 
 
 def _run(*args: str, python: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -94,7 +95,7 @@ def test_budget_skips_what_does_not_fit_and_still_reports(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     steps = _steps(out)
     assert steps["preflight"] == "ok"
-    assert steps["loader"] == steps["train-run"] == "skipped: needs jpeg-gen"
+    assert {steps[name] for name in ["loader", *TRAIN_RUNS]} == {"skipped: needs jpeg-gen"}
     assert {steps[name] for name in MODEL_STEPS + VARIANT_STEPS + ["kernels", "jpeg-gen"]} == {"skipped: time budget"}
     report = (out / "report.md").read_text()
     assert report in result.stdout
@@ -161,8 +162,9 @@ def _write_gpu_run(run: Path) -> None:
         ("train-eager-scnet50.layerwise", "failed (exit 1)", 9),
         ("train-eager-scnet50.lean", "ok", 20),
         ("jpeg-gen", "ok", 30),
-        ("loader", "failed (exit 1)", 5),
-        ("train-run", "ok", 50),
+        ("loader", "ok", 120),
+        ("train-run-cpu", "ok", 50),
+        ("train-run-gpu", "ok", 45),
         ("train-compiled-scnet50", "ok", 90),
         ("infer-eager-scnet50", "skipped: time budget", 0),
     ]
@@ -184,8 +186,34 @@ def _write_gpu_run(run: Path) -> None:
     (run / "json" / "train-eager-scnet50.kernels.md").write_text(table + "\n| # | kernel |\n|---:|---|\n| 1 | `k` |\n")
     gen = {"files": 77300, "size": "500x375", "quality": 90, "mean_kb": 101.2, "workers": 16}
     (run / "json" / "jpeg-gen.json").write_text(json.dumps({**gen, "images_per_second": 2500.0}))
-    (run / "train-run").mkdir()
-    (run / "train-run" / "metrics.jsonl").write_text(json.dumps({"images_per_second": 2850.0, "data_wait": 0.031}))
+    (run / "json" / "loader.json").write_text(json.dumps(_loader_rows()))
+    for decode, metrics in (
+        ("cpu", {"images_per_second": 2850.0, "data_wait": 0.031}),
+        ("gpu", {"images_per_second": 2950.0, "data_wait": 0.004, "decoded_on_cpu": 12, "left_out": 1}),
+    ):
+        (run / f"train-run-{decode}").mkdir()
+        (run / f"train-run-{decode}" / "metrics.jsonl").write_text(json.dumps(metrics))
+
+
+def _loader_rows() -> list[dict]:
+    """scnet-bench data's rows of a GPU run (figures made up): both decode paths and torchvision's at 1 and 16
+    workers, a training loop fed by each."""
+    settings = {"batch_size": 256, "image_size": 224, "repeats": 1, "model": "scnet50", "amp": "bf16"}
+    settings |= {"channels_last": True, "device": "cuda:0", "data": "/d/train", "warmup": 1, "batches": 3}
+    rows = []
+    for workers, cpu, gpu, base in ((1, 250.0, 2400.0, 200.0), (16, 3800.0, 6100.0, 3000.0)):
+        for loader, decode, ips, by in (
+            ("scnet", "cpu", cpu, "the loader workers, on the CPU"),
+            ("scnet", "gpu", gpu, "nvjpeg on cuda:0"),
+            ("torchvision", "cpu", base, "PIL in the loader workers, float32 normalised there"),
+        ):
+            train = None if loader == "torchvision" else min(ips, 3000.0)
+            wait = None if train is None else 0.5 if decode == "cpu" else 0.02
+            row = {"loader": loader, "decode": decode, "workers": workers, "decoded_by": by}
+            row |= {"images_per_second": ips, "images_per_second_per_worker": ips / workers}
+            row |= {"vs_torchvision": ips / base, "train_images_per_second": train, "wait_share": wait}
+            rows.append(row | {"stand_in": False, "skipped": None} | settings)
+    return rows
 
 
 def test_report_of_a_gpu_run(tmp_path):
@@ -207,17 +235,44 @@ def test_report_of_a_gpu_run(tmp_path):
     layerwise = _row(report, "scnet50:layerwise", "resnet50", "train", "eager")
     assert "failed (exit 1) (logs/train-eager-scnet50.layerwise.log)" in layerwise
     assert "skipped: time budget" in _row(report, "scnet50", "resnet50", "infer", "eager")
-    assert "failed (exit 1) (logs/loader.log)" in _row(report, "loader (scnet-bench data)")
+    # Who waits: each decode path at each worker count beside torchvision's, with the training loop's wait.
+    assert _row(report, "scnet", "cpu", "1") == (
+        "| scnet | cpu | 1 | 1 + 3 | 250 | 250 | 1.25 | 250 | 50.0% | the loader workers, on the CPU |"
+    )
+    assert _row(report, "scnet", "gpu", "16").startswith("| scnet | gpu | 16 | 1 + 3 | 6,100 | 381 | 2.03 | 3,000 |")
+    assert _row(report, "torchvision", "cpu", "16") == (
+        "| torchvision | cpu | 16 | 1 + 3 | 3,000 | 188 | 1.00 | — | — | PIL in the loader workers, float32 "
+        "normalised there |"
+    )
+    assert "a training loop of scnet50 (amp bf16, channels_last)" in report and "stands in" not in report
     # The kernel table, its headings one level down, with a link to its file.
     assert "\n## Kernels of one training step: scnet50 and resnet50\n" in report
     assert "\n### scnet50: the 1 longest of 1 kernels\n" in report and "| 1 | `k` |" in report
     assert "[json/train-eager-scnet50.kernels.md](json/train-eager-scnet50.kernels.md)" in report
     # No TensorBoard events here: the column after the first log is empty, the rest is read.
-    assert _row(report, "scnet50", "300") == "| scnet50 | 300 | 2,850 | — | 3.1% | 3,000 | 0.95 |"
+    assert _row(report, "scnet50", "cpu", "300") == "| scnet50 | cpu | 300 | 2,850 | — | 3.1% | 3,000 | 0.95 | — |"
+    assert _row(report, "scnet50", "gpu", "300") == "| scnet50 | gpu | 300 | 2,950 | — | 0.4% | 3,000 | 0.98 | 12 / 1 |"
     assert "- scnet50 training >= 3,500 img/s (eager 3,000, compiled 3,600): met" in report
     assert "- scnet50 training, eager: ratio >= 0.9 (0.95): met" in report
     assert "- scnet50 training, compiled: ratio >= 1.0 (0.97): **not met**" in report
-    assert "- real-JPEG training within 10% of synthetic (metrics.jsonl, 0.95): met" in report
+    assert (
+        "- real-JPEG training within 10% of synthetic (metrics.jsonl, decode cpu 0.95, decode gpu 0.98): met" in report
+    )
+
+
+def test_report_of_a_failed_loader_and_training_run(tmp_path):
+    """A loader step or a training run that failed: a line and a row that say so, with the log to read."""
+    run = tmp_path / "run"
+    (run / "json").mkdir(parents=True)
+    (run / "env.json").write_text(json.dumps({"device": "cuda", "settings": {"dry_run": "0"}}))
+    steps = "preflight\tok\t3\njpeg-gen\tok\t30\nloader\tfailed (exit 1)\t5\n"
+    (run / "steps.tsv").write_text(steps + "train-run-cpu\tok\t50\ntrain-run-gpu\tfailed (exit 1)\t9\n")
+    report = _report_module().render(run)
+    assert "## Who waits: the input path on the generated JPEGs (scnet-bench data)\n\n" in report
+    assert "Not measured: failed (exit 1) (logs/loader.log).\n" in report
+    assert "ok, but no metrics.jsonl" in _row(report, "scnet50", "cpu")
+    assert "failed (exit 1) (logs/train-run-gpu.log)" in _row(report, "scnet50", "gpu")
+    assert "- real-JPEG training within 10% of synthetic (metrics.jsonl, —): not measured" in report
 
 
 def _check_dry_kernels(out: Path, report: str) -> None:
@@ -304,7 +359,7 @@ def test_dry_run_end_to_end(tmp_path):
     assert "commands: scnet-bench / scnet-train" in result.stdout
     steps = _steps(out)
     assert list(steps) == ["preflight", "kernels", "train-eager-scnet50", *VARIANT_STEPS, "jpeg-gen", "loader"] + [
-        "train-run",
+        *TRAIN_RUNS,
         "train-compiled-scnet50",
         "infer-eager-scnet50",
         "infer-compiled-scnet50",
@@ -341,16 +396,40 @@ def test_dry_run_end_to_end(tmp_path):
     assert kernels.read_text().splitlines()[2] in report
     gen = json.loads((out / "json" / "jpeg-gen.json").read_text())
     assert gen["files"] == 6 and gen["size"] == "500x375"
-    loader = json.loads((out / "json" / "loader.json").read_text())
-    assert loader["workers"] == os.cpu_count() or loader["workers"] == len(os.sched_getaffinity(0))
-    _numbers(_row(report, "loader: ours vs torchvision ImageFolder + PIL (scnet-bench data)"), 2, 3)
+    _check_dry_loader(out, report)
     _numbers(_row(report, "JPEG set written (scnet.data.synthetic)"), 2, 1)
-    metrics = [json.loads(line) for line in (out / "train-run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 1 and metrics[0]["device"] == "cpu"
-    train_row = _row(report, "scnet50", "2")  # the training run: model, steps
-    _numbers(train_row, 2, 5)  # img/s, after the first log, data wait, synthetic img/s, real / synthetic
+    for decode in ("cpu", "gpu"):
+        metrics = [
+            json.loads(line) for line in (out / f"train-run-{decode}" / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert len(metrics) == 1 and metrics[0]["device"] == "cpu"
+        assert ("decoded_on_cpu" in metrics[0]) == (decode == "gpu")  # the device-decoding path ran
+        train_row = _row(report, "scnet50", decode, "2")  # the training run: model, decode, steps
+        _numbers(train_row, 3, 5)  # img/s, after the first log, data wait, synthetic img/s, real / synthetic
+        # The JPEGs and checkpoints are gone; the logs stay.
+        assert not list((out / f"train-run-{decode}").glob("*.pth"))
+        assert (out / "logs" / f"train-run-{decode}.log").is_file()
     assert "Not judged: dry run." in report
     _check_dry_kernels(out, report)
-    # The JPEGs and checkpoints are gone; the logs stay.
-    assert not (out / "jpeg").exists() and not list((out / "train-run").glob("*.pth"))
-    assert (out / "logs" / "train-run.log").is_file()
+    assert not (out / "jpeg").exists()
+
+
+def _check_dry_loader(out: Path, report: str) -> None:
+    """The loader of a dry run: both decode paths (gpu: the CPU decoder standing in) and torchvision's at 1 and all
+    cores' workers, the training loop's img/s and wait share beside each decode path; all in the report."""
+    rows = json.loads((out / "json" / "loader.json").read_text())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = list(dict.fromkeys(w for w in (1, 4, cores) if w <= cores))
+    expected = [(loader, decode, w) for w in workers for loader, decode in _LOADERS]
+    assert [(r["loader"], r["decode"], r["workers"]) for r in rows] == expected
+    assert all(r["device"] == "cpu" and r["model"] == "scnet50" and r["batch_size"] == 2 for r in rows)
+    assert [r["stand_in"] for r in rows[:3]] == [False, True, False]
+    for r in rows:
+        row = _row(report, r["loader"], r["decode"], str(r["workers"]))
+        trained = r["loader"] == "scnet"
+        assert r["images_per_second"] > 0 and (r["train_images_per_second"] is not None) == trained
+        _numbers(row, 4, 5 if trained else 3)  # img/s, per worker, vs torchvision (+ train img/s, data wait)
+    assert "torchvision's CPU decoder stands in for nvjpeg" in report
+
+
+_LOADERS = [("scnet", "cpu"), ("scnet", "gpu"), ("torchvision", "cpu")]
