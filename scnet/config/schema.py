@@ -163,7 +163,8 @@ class DataConfig:
     jpeg_draft: bool = _key(
         False,
         "data.decode=cpu, training: decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when its crop "
-        "is at least that many times larger than image_size: less decoding work, slightly softer crops",
+        "is at least that many times larger than image_size; pays only for photos several times larger than the "
+        "crop (see BENCHMARKS.md)",
     )
     crop_pct: float = _key(
         0.875, "evaluation: resize the short side to image_size / crop_pct (256 for 224), then centre-crop"

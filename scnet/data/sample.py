@@ -13,9 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
+from ..runtime.messages import first_line
 from .decode import BadImageError, decode_rgb
 from .transforms import CropPlan, SampleTransform, TrainTransform, seeded
 
@@ -93,34 +95,39 @@ def draft_factor(plan: CropPlan, image_size: int) -> int:
     return min(8, 2 ** int(math.log2(shrink))) if shrink >= 2 else 1
 
 
-def _decode_drafted(data: bytes | torch.Tensor, name: str, height: int, width: int, factor: int) -> torch.Tensor:
-    """Decode at 1/``factor`` of the full size with libjpeg's DCT scaling (PIL's draft): fewer pixels made."""
+def _drafted_sample(data: bytes | torch.Tensor, name: str, transform: TrainTransform) -> torch.Tensor | None:
+    """The training sample decoded at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's, through PIL's draft)
+    that still gives its crop the output size; the crop drawn from the header first, as the CPU path draws it from
+    the decoded image. None when the file is not a JPEG (nothing drawn then)."""
     try:
         with Image.open(io.BytesIO(_as_bytes(data))) as img:
-            img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
-            img = img.convert("RGB")
-            arr = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            return arr.view(img.height, img.width, 3).permute(2, 0, 1).contiguous()
+            if img.format != "JPEG":
+                return None
+            width, height = img.size
+            plan = transform.plan(height, width)
+            factor = draft_factor(plan, transform.image_size)
+            if factor == 1:
+                image = None  # decoded in full below, by the same decoder as the CPU path
+            else:
+                img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+                image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
     except Exception as e:  # noqa: BLE001 - as decode_rgb: any failure means "bad file"
-        raise BadImageError(name, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        raise BadImageError(name, first_line(e)) from e
+    if image is None:
+        image = decode_rgb(data, name)
+    else:
+        plan = plan.scaled(image.shape[-2] / height, image.shape[-1] / width)
+    return transform.augment(transform.apply(image, plan))
 
 
 def _decode_and_transform(
     data: bytes | torch.Tensor, name: str, transform: SampleTransform, draft: bool
 ) -> torch.Tensor:
-    """The CPU way, under the sample's seed. With ``draft`` (training, JPEG), the crop is drawn from the header
-    first and the image decoded at the smallest DCT scale that still gives the crop its output size."""
+    """The CPU way, under the sample's seed (with ``draft``, training JPEGs at a reduced DCT scale)."""
     if draft and isinstance(transform, TrainTransform):
-        header = read_header(data, name)
-        if header.not_for_device is None or header.not_for_device.endswith("JPEG"):
-            plan = transform.plan(header.height, header.width)
-            factor = draft_factor(plan, transform.image_size)
-            if factor == 1:
-                image = decode_rgb(data, name)
-            else:
-                image = _decode_drafted(data, name, header.height, header.width, factor)
-                plan = plan.scaled(image.shape[-2] / header.height, image.shape[-1] / header.width)
-            return transform.augment(transform.apply(image, plan))
+        sample = _drafted_sample(data, name, transform)
+        if sample is not None:
+            return sample
     return transform(decode_rgb(data, name))
 
 
