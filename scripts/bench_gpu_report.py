@@ -361,7 +361,7 @@ def _train_run_row(run: Path, step: dict, settings: dict, syn: float | None) -> 
             metrics = None
     if metrics is None:
         why = _not_measured(step) if step["status"] != "ok" else "ok, but no metrics.jsonl"
-        return [model, decode, "—", why, "—", "—", _num(syn), "—", "—"], None
+        return [model, decode, "—", why, "—", "—", "—", _num(syn), "—", "—"], None
     batch = int(settings.get("batch_size", "0") or 0)
     steady, first, last = steady_images_per_second(run / name, batch)
     real = metrics.get("images_per_second")
@@ -373,7 +373,13 @@ def _train_run_row(run: Path, step: dict, settings: dict, syn: float | None) -> 
     on_cpu = "—"
     if "decoded_on_cpu" in metrics:
         on_cpu = f"{metrics['decoded_on_cpu']} / {metrics.get('left_out', 0)}"
-    row = [model, decode, steps_text, _num(real), steady_text, _wait(metrics.get("data_wait", 0))]
+    # Start-up: the epoch's time beyond its images at the steady rate (workers starting, the first batches, cuDNN's
+    # autotuning): the "first training step", without a clock inside the trainer.
+    startup = "—"
+    if steady and real and metrics.get("epoch_time"):
+        epoch_time = float(metrics["epoch_time"])
+        startup = f"{max(epoch_time - real * epoch_time / steady, 0.0):.1f}"
+    row = [model, decode, steps_text, _num(real), steady_text, startup, _wait(metrics.get("data_wait", 0))]
     return row + [_num(syn), ratio, on_cpu], real
 
 
@@ -392,7 +398,7 @@ def _train_runs_section(
         rows.append(row)
         if ips:
             real[row[1]] = ips
-    header = ["model", "decode", "steps", "img/s (metrics.jsonl)", "img/s after first log", "data wait"]
+    header = ["model", "decode", "steps", "img/s (metrics.jsonl)", "img/s after first log", "start-up (s)", "data wait"]
     header += ["synthetic img/s (train, eager)", "real / synthetic", "decoded on CPU / left out"]
     out = ["## Training runs on the generated JPEGs (scnet-train, eager)", ""]
     out += _table(header, rows, right_from=2)
@@ -401,8 +407,9 @@ def _train_runs_section(
         "One run per data.decode: cpu (the loader workers decode) and gpu (the workers read the bytes, the device "
         "decodes). img/s and data wait (share of the epoch spent waiting for a batch) are metrics.jsonl's, over the "
         "whole epoch including worker start-up; 'after first log' leaves out the steps before the first log point "
-        "(TensorBoard wall times). Decoded on CPU / left out (gpu): files the device decoder was not given or "
-        "refused, and files nothing decoded.",
+        "(TensorBoard wall times); start-up: the epoch's time beyond its images at that steady rate (workers "
+        "starting, the first batches, cuDNN's autotuning). Decoded on CPU / left out (gpu): files the device decoder "
+        "was not given or refused, and files nothing decoded.",
         "",
     ]
     return out, real

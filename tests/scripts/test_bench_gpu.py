@@ -250,8 +250,11 @@ def test_report_of_a_gpu_run(tmp_path):
     assert "\n### scnet50: the 1 longest of 1 kernels\n" in report and "| 1 | `k` |" in report
     assert "[json/train-eager-scnet50.kernels.md](json/train-eager-scnet50.kernels.md)" in report
     # No TensorBoard events here: the column after the first log is empty, the rest is read.
-    assert _row(report, "scnet50", "cpu", "300") == "| scnet50 | cpu | 300 | 2,850 | — | 3.1% | 3,000 | 0.95 | — |"
-    assert _row(report, "scnet50", "gpu", "300") == "| scnet50 | gpu | 300 | 2,950 | — | 0.4% | 3,000 | 0.98 | 12 / 1 |"
+    assert _row(report, "scnet50", "cpu", "300") == "| scnet50 | cpu | 300 | 2,850 | — | — | 3.1% | 3,000 | 0.95 | — |"
+    assert (
+        _row(report, "scnet50", "gpu", "300")
+        == "| scnet50 | gpu | 300 | 2,950 | — | — | 0.4% | 3,000 | 0.98 | 12 / 1 |"
+    )
     assert "- scnet50 training >= 3,500 img/s (eager 3,000, compiled 3,600): met" in report
     assert "- scnet50 training, eager: ratio >= 0.9 (0.95): met" in report
     assert "- scnet50 training, compiled: ratio >= 1.0 (0.97): **not met**" in report
@@ -405,7 +408,7 @@ def test_dry_run_end_to_end(tmp_path):
         assert len(metrics) == 1 and metrics[0]["device"] == "cpu"
         assert ("decoded_on_cpu" in metrics[0]) == (decode == "gpu")  # the device-decoding path ran
         train_row = _row(report, "scnet50", decode, "2")  # the training run: model, decode, steps
-        _numbers(train_row, 3, 5)  # img/s, after the first log, data wait, synthetic img/s, real / synthetic
+        _numbers(train_row, 3, 6)  # img/s, after the first log, start-up, data wait, synthetic img/s, real / synthetic
         # The JPEGs and checkpoints are gone; the logs stay.
         assert not list((out / f"train-run-{decode}").glob("*.pth"))
         assert (out / "logs" / f"train-run-{decode}.log").is_file()
