@@ -91,16 +91,16 @@ def resolve_decode(cfg: Config, info: DistInfo) -> tuple[str, str]:
     """``data.decode`` for this device (``cpu`` or ``gpu``), and the line that says so (empty when a CPU device
     simply decodes on the CPU). A RunError when gpu is asked for on a CUDA device whose torchvision cannot."""
     asked, device = cfg.data.decode, info.device
-    works, how = device_decoder_works(device)
+    if asked == "cpu":
+        return "cpu", ""
     if device.type != "cuda":
         if asked == "gpu":
             return "gpu", f"data.decode=gpu on {device}: the device-decoding path with the CPU decoder standing in"
         return "cpu", ""
+    works, how = device_decoder_works(device)
     if asked == "gpu" and not works:
         raise RunError(f"data.decode=gpu: {how}; data.decode=cpu decodes in the loader workers")
-    where = "gpu" if asked == "gpu" or (asked == "auto" and works) else "cpu"
-    reason = how if where == "gpu" or asked == "auto" else "as asked"
-    return where, f"data.decode={asked}: {where} ({reason})"
+    return ("gpu" if works else "cpu"), f"data.decode={asked}: {'gpu' if works else 'cpu'} ({how})"
 
 
 def _datasets(cfg: Config, info: DistInfo, decode: str) -> tuple[Dataset, Dataset, list[str], tuple]:

@@ -183,3 +183,24 @@ def test_jpeg_draft_decodes_large_crops_smaller_with_the_same_draws(tmp_path):
     # A crop that is not twice the output is decoded in full: the very same pixels.
     near = train_transform(400, scale=(0.5, 1.0))
     assert torch.equal(prepare_sample(data, "big", near, 0, draft=True), prepare_sample(data, "big", near, 0))
+
+
+def test_where_a_run_decodes_and_the_line_that_says_so():
+    from scnet.config import load_config
+    from scnet.runtime.distributed import DistInfo
+    from scnet.train.setup import RunError, resolve_decode
+
+    def resolve(decode: str, device: str) -> tuple[str, str]:
+        return resolve_decode(load_config(None, [f"data.decode={decode}"]), DistInfo(0, 1, 0, torch.device(device)))
+
+    assert resolve("auto", "cpu") == resolve("cpu", "cpu") == resolve("cpu", "cuda") == ("cpu", "")
+    assert resolve("gpu", "cpu") == (
+        "gpu",
+        "data.decode=gpu on cpu: the device-decoding path with the CPU decoder standing in",
+    )
+    if torch.cuda.is_available():
+        return  # below: a CUDA device whose torchvision cannot decode there (here: no CUDA at all)
+    where, line = resolve("auto", "cuda")
+    assert where == "cpu" and line.startswith("data.decode=auto: cpu (torchvision cannot decode JPEG on cuda")
+    with pytest.raises(RunError, match=r"^data.decode=gpu: torchvision cannot decode JPEG on cuda .*; data.decode=cpu"):
+        resolve("gpu", "cuda")
