@@ -116,7 +116,7 @@ def _drafted_sample(data: bytes | torch.Tensor, name: str, transform: TrainTrans
     if image is None:
         image = decode_rgb(data, name)
     else:
-        plan = plan.scaled(image.shape[-2] / height, image.shape[-1] / width)
+        plan = plan.scaled((height, width), (image.shape[-2], image.shape[-1]))
     return transform.augment(transform.apply(image, plan))
 
 

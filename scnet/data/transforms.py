@@ -45,10 +45,14 @@ class CropPlan:
     width: int
     flip: bool
 
-    def scaled(self, sy: float, sx: float) -> CropPlan:
-        """The same box on an image decoded ``sy`` x ``sx`` times the full size (JPEG DCT scaling)."""
-        top, left = int(self.top * sy), int(self.left * sx)
-        return CropPlan(top, left, max(1, round(self.height * sy)), max(1, round(self.width * sx)), self.flip)
+    def scaled(self, full: tuple[int, int], decoded: tuple[int, int]) -> CropPlan:
+        """The same box on the image decoded at ``decoded`` (height, width) instead of its ``full`` size (JPEG DCT
+        scaling), kept inside it."""
+        (fh, fw), (h, w) = full, decoded
+        top, left = min(int(self.top * h / fh), h - 1), min(int(self.left * w / fw), w - 1)
+        height = min(max(1, round(self.height * h / fh)), h - top)
+        width = min(max(1, round(self.width * w / fw)), w - left)
+        return CropPlan(top, left, height, width, self.flip)
 
 
 def _random_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[int, ...]:

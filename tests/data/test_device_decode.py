@@ -167,6 +167,9 @@ def test_header_reading(tree):
 
 def test_jpeg_draft_decodes_large_crops_smaller_with_the_same_draws(tmp_path):
     assert [draft_factor(CropPlan(0, 0, h, h, False), 64) for h in (64, 127, 128, 255, 256, 600)] == [1, 1, 2, 2, 4, 8]
+    # A box scaled to the decoded size stays inside it (libjpeg rounds the scaled sides up).
+    assert CropPlan(1, 2, 599, 797, True).scaled((600, 799), (150, 200)) == CropPlan(0, 0, 150, 199, True)
+    assert CropPlan(598, 796, 2, 3, False).scaled((600, 799), (75, 100)) == CropPlan(74, 99, 1, 1, False)
     # A smooth 800x600 image (noise would not survive any downscale): draft and full decode agree closely.
     y, x = torch.meshgrid(torch.linspace(0, 1, 600), torch.linspace(0, 1, 800), indexing="ij")
     rgb = torch.stack([x, y, (x + y) / 2]).mul(255).to(torch.uint8)
