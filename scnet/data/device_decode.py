@@ -7,6 +7,7 @@ tested without a GPU, and why its pixels equal the ``data.decode=cpu`` path's th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,10 @@ class Decoded:
     broken: list[str] = field(default_factory=list)
 
 
+@functools.cache
 def device_decoder_works(device: torch.device) -> tuple[bool, str]:
-    """Whether torchvision decodes JPEGs on ``device`` here (tried on a tiny image), and a few words why not."""
+    """Whether torchvision decodes JPEGs on ``device`` here (tried once a process on a tiny image), and a few
+    words why not."""
     if device.type != "cuda":
         return False, f"no JPEG decoder on {device.type} devices"
     try:

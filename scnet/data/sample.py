@@ -23,7 +23,6 @@ from .transforms import CropPlan, SampleTransform, TrainTransform, seeded
 
 Decode = Literal["cpu", "device"]
 """Where a dataset's samples are decoded: in the worker (``cpu``), or left encoded for the device (``device``)."""
-DECODES: tuple[str, ...] = ("cpu", "device")
 
 _SOS, _EOI = b"\xff\xda", b"\xff\xd9"  # JPEG start-of-scan and end-of-image markers
 

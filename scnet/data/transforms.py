@@ -140,11 +140,6 @@ class TrainTransform:
 train_transform = TrainTransform  # the name the trainer, the benchmarks and the docs call it by
 
 
-def apply_seeded(transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
-    """``transform(image)`` with the CPU random generator seeded by ``seed``; see :func:`seeded`."""
-    return seeded(seed, transform, image)
-
-
 def seeded(seed: int, fn: Callable[..., T], *args) -> T:
     """``fn(*args)`` with the CPU random generator seeded by ``seed`` (torchvision's v2 transforms and
     :meth:`TrainTransform.plan` draw from it), so a sample's augmentation depends on its seed alone.

@@ -3,7 +3,7 @@ ones), and one line for those that have none.
 
 The random draws of a training process: weights init, drop-path and random erasing (torch's CPU/CUDA
 generators), random erasing's coin (Python's ``random``), mixup/cutmix (NumPy's global generator, as timm
-draws it). Augmentations in the loader are seeded per sample (``scnet.data.transforms.apply_seeded``), and
+draws it). Augmentations in the loader are seeded per sample (``scnet.data.transforms.seeded``), and
 the loaders keep generators of their own (``scnet.data.loader.private_generator``). Checkpoints save and
 restore all three global generators (``scnet.train.checkpoints.rng_state``).
 """
